@@ -1,0 +1,1 @@
+"""msc-ray-train: Ray Train service and the msc command line."""
