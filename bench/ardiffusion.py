@@ -1,0 +1,122 @@
+"""AR-Diffusion benchmarks (AR-Diffusion §3.3-3.4). Last line: one JSON object.
+
+- `fopp_ms_4096`: median time to draw 4096 FoPP compositions (F=16, T=1000) with the
+  vectorised exact sampler, after warm-up. Target < 50 ms on the 2-core CPU.
+- `fopp_loop_ms_4096`, `fopp_speedup_vs_loop`: the same draw with a per-sample Python
+  loop over numpy, written like the paper's reference code (dynamic-programme tables
+  `d_{i,j} = d_{i,j-1} + d_{i-1,j}` in float64, one `np.random.choice` per frame).
+  Target speedup >= 100.
+- `ad_iterations`: sampler iterations of the AD schedule for F=16, S=50 and the
+  offsets of Table 2 (expected `S + (F-1) s`).
+
+Measurements are separate functions so the model benchmarks (cached-sampling speedup,
+training steps per second) can be added next to them.
+
+    flock /tmp/msc-bench.lock .venv/bin/python bench/ardiffusion.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from msc_ar.ardiffusion.ad_schedule import ad_schedule
+from msc_ar.ardiffusion.timesteps import sample_fopp_timesteps
+
+# -----------------------------------------------------------------------------
+# reference: the paper's per-sample FoPP (Algorithm 1), 0-based
+
+
+def reference_fopp_tables(num_frames: int, num_timesteps: int) -> tuple[np.ndarray, np.ndarray]:
+    """`d^s`, `d^e` as `[F, T]` float64 by the paper's dynamic programme."""
+    ds = np.ones((num_frames, num_timesteps))
+    for i in range(num_frames - 2, -1, -1):
+        for j in range(num_timesteps - 2, -1, -1):
+            ds[i, j] = ds[i, j + 1] + ds[i + 1, j]
+    de = np.ones((num_frames, num_timesteps))
+    for i in range(1, num_frames):
+        for j in range(1, num_timesteps):
+            de[i, j] = de[i, j - 1] + de[i - 1, j]
+    return ds, de
+
+
+def reference_fopp_loop(
+    batch_size: int, ds: np.ndarray, de: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Algorithm 1 one sample at a time, with precomputed tables (the vectorised sampler caches its own)."""
+    num_frames, num_timesteps = ds.shape
+    out = np.empty((batch_size, num_frames), dtype=np.int64)
+    for b in range(batch_size):
+        f = int(rng.integers(num_frames))
+        t = np.empty(num_frames, dtype=np.int64)
+        t[f] = rng.integers(num_timesteps)
+        for i in range(f - 1, -1, -1):
+            weights = de[i, : t[i + 1] + 1]
+            t[i] = rng.choice(t[i + 1] + 1, p=weights / weights.sum())
+        for i in range(f + 1, num_frames):
+            weights = ds[i, t[i - 1] :]
+            t[i] = t[i - 1] + rng.choice(num_timesteps - t[i - 1], p=weights / weights.sum())
+        out[b] = t
+    return out
+
+
+# -----------------------------------------------------------------------------
+# measurements
+
+
+def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def bench_fopp_sampling(
+    batch_size: int = 4096, num_frames: int = 16, num_timesteps: int = 1000, repeats: int = 21, loop_repeats: int = 1
+) -> dict[str, float]:
+    generator = torch.Generator().manual_seed(0)
+    vectorised_ms = _median_ms(
+        lambda: sample_fopp_timesteps(batch_size, num_frames, num_timesteps, generator=generator), repeats
+    )
+    rng = np.random.default_rng(0)
+    ds, de = reference_fopp_tables(num_frames, num_timesteps)
+    loop_ms = _median_ms(lambda: reference_fopp_loop(batch_size, ds, de, rng), loop_repeats, warmup=0)
+    return {
+        "fopp_ms_4096": round(vectorised_ms, 3),
+        "fopp_loop_ms_4096": round(loop_ms, 1),
+        "fopp_speedup_vs_loop": round(loop_ms / vectorised_ms, 1),
+    }
+
+
+def bench_ad_iterations(
+    num_frames: int = 16, num_steps: int = 50, offsets: tuple[int, ...] = (0, 1, 5, 10, 25, 50)
+) -> dict[str, dict[str, int]]:
+    return {"ad_iterations": {str(s): int(ad_schedule(num_frames, num_steps, s).shape[0]) for s in offsets}}
+
+
+# Model measurements (`cached_sampling_speedup`, `train_steps_per_s`) go here as
+# `bench_cached_sampling(...)` and `bench_training(...)` once the AR-Diffusion model exists.
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=21, help="timed runs of the vectorised sampler")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    results: dict[str, object] = {"device": "cpu", "torch_threads": torch.get_num_threads()}
+    results.update(bench_fopp_sampling(repeats=args.repeats))
+    results.update(bench_ad_iterations())
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
