@@ -132,7 +132,8 @@ def test_sliding_window_check(window: int) -> None:
         if fits:
             check_sliding_window(long_video, steps, offset, window)
         else:
-            with pytest.raises(ValueError, match=rf"offset={offset} .* use offset >= ceil\(num_steps / window\) = {need}"):
+            message = rf"offset={offset} .* use offset >= ceil\(num_steps / window\) = {need}"
+            with pytest.raises(ValueError, match=message):
                 check_sliding_window(long_video, steps, offset, window)
     # Within the window any offset, synchronous included, is fine.
     check_sliding_window(window, steps, 0, window)

@@ -32,6 +32,7 @@ noise timesteps remain unchanged"); `ad_step_transitions` returns that mask and
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -41,7 +42,8 @@ NOT_STARTED = 0  # steps completed by a frame that is still pure noise; finished
 
 
 def _check_int(name: str, value: int, low: int, high: int | None = None, why: str = "") -> None:
-    bad = isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high)
+    bad = isinstance(value, bool) or not isinstance(value, numbers.Integral)
+    bad = bad or value < low or (high is not None and value > high)
     if bad:
         valid = f"an integer in {low}..{high}" if high is not None else f"an integer >= {low}"
         raise ValueError(f"{name} must be {valid}, got {value!r}{why}")

@@ -39,9 +39,12 @@ only), where the paper's reference code loops over samples in Python.
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Literal
 
 import torch
+
+from msc_core.runtime import resolve_device
 
 TimestepSamplerKind = Literal["synchronous", "independent", "uniform-nondecreasing", "fopp"]
 TIMESTEP_SAMPLERS: tuple[str, ...] = ("synchronous", "independent", "uniform-nondecreasing", "fopp")
@@ -52,19 +55,25 @@ TIMESTEP_SAMPLERS: tuple[str, ...] = ("synchronous", "independent", "uniform-non
 
 
 def _check_size(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _resolve_devices(
-    generator: torch.Generator | None, device: torch.device | str | None
+def _prepare(
+    batch_size: int,
+    num_frames: int,
+    num_timesteps: int,
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
 ) -> tuple[torch.device, torch.device]:
-    """(device the random numbers are drawn on, device of the result).
+    """Validate a sampler's sizes; return (device to draw on, device of the result).
 
     Draws happen on the generator's device so that a CPU generator gives the same
     compositions whatever `device` is; the result is then moved to `device`.
     """
-    out = torch.device(device) if device is not None else None
+    for name, value in (("batch_size", batch_size), ("num_frames", num_frames), ("num_timesteps", num_timesteps)):
+        _check_size(name, value)
+    out = resolve_device(device) if device is not None else None  # ValueError for bad devices
     if generator is not None:
         work = generator.device
     else:
@@ -168,9 +177,7 @@ def sample_synchronous_timesteps(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """One `t ~ U{0..T-1}` per sample, shared by all frames: `[B, F]` long."""
-    for name, value in (("batch_size", batch_size), ("num_frames", num_frames), ("num_timesteps", num_timesteps)):
-        _check_size(name, value)
-    work, out = _resolve_devices(generator, device)
+    work, out = _prepare(batch_size, num_frames, num_timesteps, generator, device)
     t = torch.randint(num_timesteps, (batch_size, 1), generator=generator, device=work)
     return t.expand(batch_size, num_frames).contiguous().to(out)
 
@@ -183,9 +190,7 @@ def sample_independent_timesteps(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """iid `t_f ~ U{0..T-1}` per frame (Diffusion Forcing; not non-decreasing): `[B, F]`."""
-    for name, value in (("batch_size", batch_size), ("num_frames", num_frames), ("num_timesteps", num_timesteps)):
-        _check_size(name, value)
-    work, out = _resolve_devices(generator, device)
+    work, out = _prepare(batch_size, num_frames, num_timesteps, generator, device)
     return torch.randint(num_timesteps, (batch_size, num_frames), generator=generator, device=work).to(out)
 
 
@@ -202,9 +207,7 @@ def sample_uniform_nondecreasing_timesteps(
     pinned at `t = 0` in front of the clip (so it uses the count tables of F+1 frames):
     every non-decreasing composition extends it in exactly one way.
     """
-    for name, value in (("batch_size", batch_size), ("num_frames", num_frames), ("num_timesteps", num_timesteps)):
-        _check_size(name, value)
-    work, out = _resolve_devices(generator, device)
+    work, out = _prepare(batch_size, num_frames, num_timesteps, generator, device)
     neg_log_ds, _ = _tables_on(num_frames + 1, num_timesteps, work)
     log_u = _log_uniform_open((num_frames, batch_size), generator, work)  # (F, B)
     t_prev = torch.zeros(batch_size, dtype=torch.long, device=work)  # the virtual frame
@@ -228,9 +231,7 @@ def sample_fopp_timesteps(
     later frames forwards with the suffix counts `d^s`; each draw is the exact
     conditional of a uniform composition given `t_f = t`.
     """
-    for name, value in (("batch_size", batch_size), ("num_frames", num_frames), ("num_timesteps", num_timesteps)):
-        _check_size(name, value)
-    work, out = _resolve_devices(generator, device)
+    work, out = _prepare(batch_size, num_frames, num_timesteps, generator, device)
     neg_log_ds, log_de = _tables_on(num_frames, num_timesteps, work)
     anchor_frame = torch.randint(num_frames, (batch_size,), generator=generator, device=work)  # (B,)
     anchor_t = torch.randint(num_timesteps, (batch_size,), generator=generator, device=work)  # (B,)
