@@ -1,0 +1,91 @@
+"""Who may attend to whom in MSC attention (paper §3.2, §3.3): the one semantics.
+
+Every backend implements exactly these masks; the `reference` backend applies them
+densely. Frames are indexed so that the `Tq` query frames are the LAST `Tq` of the
+`Tk` key frames (query frame `i` is key frame `Tk - Tq + i`): with a KV cache the key
+frames are the cached ones followed by the new ones. All rules are relative in time,
+so that indexing is all a cache needs.
+
+- High-Res (§3.2, P-frames): key frame `t'` with `t - v < t' <= t` (a causal window
+  of `v` frames, fewer at the start: NATTEN's causal semantics), and in space the
+  `w x w` neighbourhood of NATTEN: the window is SHIFTED, not shrunk, at the borders,
+  so a border query still sees a full `w x w` window inside the frame. A window larger
+  than the frame is clamped to the whole frame.
+- Low-Res (§3.2, I-frames): key frame `t' <= t` with `(t - t') % d == 0`, every token
+  of those frames (frame-global).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def neighborhood_window_start(index: torch.Tensor, length: int, window: int) -> torch.Tensor:
+    """First key position of the NATTEN window of each query position along one axis.
+
+    The window is centred on the query and shifted inwards at the borders; it spans
+    `min(window, length)` positions.
+    """
+    return (index - window // 2).clamp(min=0, max=max(length - window, 0))
+
+
+def neighborhood_mask_1d(
+    length: int, window: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """Boolean `(length, length)`: query position i may see key position j."""
+    pos = torch.arange(length, device=device)
+    start = neighborhood_window_start(pos, length, window)  # (L,)
+    return (pos[None, :] >= start[:, None]) & (pos[None, :] < start[:, None] + min(window, length))
+
+
+def high_res_frame_mask(
+    num_query_frames: int, num_key_frames: int, temporal_window: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """Boolean `(Tq, Tk)`: query frame t sees key frames t-v+1 .. t."""
+    query = torch.arange(num_key_frames - num_query_frames, num_key_frames, device=device)
+    key = torch.arange(num_key_frames, device=device)
+    lag = query[:, None] - key[None, :]
+    return (lag >= 0) & (lag < temporal_window)
+
+
+def low_res_frame_mask(
+    num_query_frames: int, num_key_frames: int, temporal_stride: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """Boolean `(Tq, Tk)`: query frame t sees key frames t, t-d, t-2d, ... >= 0."""
+    query = torch.arange(num_key_frames - num_query_frames, num_key_frames, device=device)
+    key = torch.arange(num_key_frames, device=device)
+    lag = query[:, None] - key[None, :]
+    return (lag >= 0) & (lag % temporal_stride == 0)
+
+
+def high_res_mask(
+    num_query_frames: int,
+    num_key_frames: int,
+    height: int,
+    width: int,
+    window: int,
+    temporal_window: int,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Dense boolean `(Tq*H*W, Tk*H*W)` mask of the High-Res branch, tokens in (t, i, j) order."""
+    frames = high_res_frame_mask(num_query_frames, num_key_frames, temporal_window, device)
+    rows = neighborhood_mask_1d(height, window, device)
+    cols = neighborhood_mask_1d(width, window, device)
+    mask = (
+        frames[:, None, None, :, None, None]
+        & rows[None, :, None, None, :, None]
+        & cols[None, None, :, None, None, :]
+    )  # (Tq, H, W, Tk, H, W)
+    return mask.reshape(num_query_frames * height * width, num_key_frames * height * width)
+
+
+def low_res_mask(
+    num_query_frames: int,
+    num_key_frames: int,
+    tokens_per_frame: int,
+    temporal_stride: int,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Dense boolean `(Tq*P, Tk*P)` mask of the Low-Res branch (P pooled tokens per frame)."""
+    frames = low_res_frame_mask(num_query_frames, num_key_frames, temporal_stride, device)
+    return frames.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)

@@ -1,0 +1,221 @@
+"""MSC attention: multi-scale spatio-temporal causal attention (paper §3, Figs. 1, 3, 5).
+
+The heads of one attention layer are split into two parallel branches (§3.1):
+
+- High-Res: full-resolution tokens, `w x w` neighbourhood in space (NATTEN semantics:
+  windows shifted inwards at the borders), causal window of `v` frames in time (§3.2).
+- Low-Res: tokens average-pooled by `r` in H and W, frame-global in space, frames
+  `t, t-d, t-2d, ...` in time (§3.2), upsampled back (nearest) to `H x W`.
+
+Per-frame gates computed from each frame's noise-level embedding weight the two
+branches (§3.3, Fig. 5) before their heads are concatenated and projected. Output at
+frame t never depends on input at frames > t. Masks: `masks.py`; backends: `reference`
+(dense oracle), `tiled` (CPU / ONNX), `natten` (CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from msc_core.attention.cache import MSCKVCache
+from msc_core.attention.config import MSCAttentionConfig
+from msc_core.attention.natten_backend import (
+    natten_available,
+    natten_high_res_attention,
+    natten_low_res_attention,
+)
+from msc_core.attention.pooling import average_pool_frames, pooled_size, upsample_nearest_frames
+from msc_core.attention.reference import reference_high_res_attention, reference_low_res_attention
+from msc_core.attention.tiled import tiled_high_res_attention, tiled_low_res_attention
+from msc_core.diffusion import timestep_embedding
+
+
+def resolve_backend(requested: str, device: torch.device, has_past_frames: bool) -> str:
+    """`auto` -> `natten` on CUDA when importable, else `tiled`; cached calls never use natten."""
+    backend = requested
+    if requested == "auto":
+        backend = "natten" if device.type == "cuda" and natten_available() else "tiled"
+    if backend == "natten" and has_past_frames:
+        return "tiled"  # na3d needs as many query as key frames; tiled has the same semantics
+    return backend
+
+
+# -----------------------------------------------------------------------------
+# noise gate (§3.3, Fig. 5)
+
+
+class NoiseGate(nn.Module):
+    """Per-frame relative weights `(B, T, 2)` of (High-Res, Low-Res) from the noise level.
+
+    `2 * softmax` of an MLP of the noise embedding: the weights sum to 2 and start at
+    exactly (1, 1) (last layer zero-initialised), i.e. a plain concatenation of the
+    branches, and learn how the mix should move with the noise level.
+    """
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, 2))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        """`noise`: timesteps `(B, T)` or embeddings `(B, T, E)` -> weights `(B, T, 2)`."""
+        emb = timestep_embedding(noise, self.embed_dim) if noise.ndim == 2 else noise
+        return 2.0 * torch.softmax(self.mlp(emb.to(self.mlp[0].weight.dtype)), dim=-1)
+
+
+# -----------------------------------------------------------------------------
+# branches (§3.1, §3.2)
+
+
+class HighResBranch(nn.Module):
+    """Full-resolution neighbourhood attention: `w x w` in space, `v` causal frames in time."""
+
+    def __init__(self, config: MSCAttentionConfig) -> None:
+        super().__init__()
+        self.heads, self.head_dim = config.num_high_res_heads, config.head_dim
+        self.window, self.temporal_window = config.window, config.temporal_window
+        self.tile_size = config.tile_size
+        self.qkv = nn.Linear(config.dim, 3 * self.heads * self.head_dim, bias=config.qkv_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        backend: str,
+        past_keys: torch.Tensor | None = None,
+        past_values: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`x` `(B, T, H, W, C)` -> output `(B, T, H, W, h*D)` and the new frames' K, V `(B, h, T, H, W, D)`."""
+        B, T, H, W, _ = x.shape
+        qkv = self.qkv(x).reshape(B, T, H, W, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(4, 0, 5, 1, 2, 3, 6)  # 3 x (B, h, T, H, W, D)
+        keys = k if past_keys is None else torch.cat([past_keys, k], dim=2)
+        values = v if past_values is None else torch.cat([past_values, v], dim=2)
+        if backend == "reference":
+            out = reference_high_res_attention(q, keys, values, self.window, self.temporal_window)
+        elif backend == "tiled":
+            out = tiled_high_res_attention(q, keys, values, self.window, self.temporal_window, self.tile_size)
+        else:
+            out = natten_high_res_attention(q, keys, values, self.window, self.temporal_window)
+        out = out.permute(0, 2, 3, 4, 1, 5).reshape(B, T, H, W, self.heads * self.head_dim)
+        return out, k, v
+
+
+class LowResBranch(nn.Module):
+    """Pooled, frame-global attention over frames `t, t-d, t-2d, ...`; output stays pooled."""
+
+    def __init__(self, config: MSCAttentionConfig) -> None:
+        super().__init__()
+        self.heads, self.head_dim = config.num_low_res_heads, config.head_dim
+        self.pool, self.temporal_stride = config.pool, config.temporal_stride
+        # Q, K and V are projected from the pooled tokens: r^2 fewer projections (§3.2)
+        self.qkv = nn.Linear(config.dim, 3 * self.heads * self.head_dim, bias=config.qkv_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        backend: str,
+        past_keys: torch.Tensor | None = None,
+        past_values: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`x` `(B, T, H, W, C)` -> output `(B, T, h', w', h*D)` and the new frames' K, V `(B, h, T, P, D)`."""
+        pooled = average_pool_frames(x, self.pool)  # (B, T, h', w', C)
+        B, T, ph, pw, _ = pooled.shape
+        qkv = self.qkv(pooled).reshape(B, T, ph * pw, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(3, 0, 4, 1, 2, 5)  # 3 x (B, h, T, P, D)
+        keys = k if past_keys is None else torch.cat([past_keys, k], dim=2)
+        values = v if past_values is None else torch.cat([past_values, v], dim=2)
+        if backend == "reference":
+            out = reference_low_res_attention(q, keys, values, self.temporal_stride)
+        elif backend == "tiled":
+            out = tiled_low_res_attention(q, keys, values, self.temporal_stride)
+        else:
+            out = natten_low_res_attention(q, keys, values, ph, pw, self.temporal_stride)
+        out = out.permute(0, 2, 3, 1, 4).reshape(B, T, ph, pw, self.heads * self.head_dim)
+        return out, k, v
+
+
+# -----------------------------------------------------------------------------
+# the layer
+
+
+class MSCAttention(nn.Module):
+    """Multi-scale causal attention over `[B, T, H, W, C]` tokens with per-frame noise levels."""
+
+    config_class = MSCAttentionConfig
+
+    def __init__(self, config: MSCAttentionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.high_res = HighResBranch(config)
+        self.low_res = LowResBranch(config)
+        self.gate = NoiseGate(config.noise_embed_dim)
+        self.proj = nn.Linear(config.dim, config.dim)
+
+    def new_cache(self) -> MSCKVCache:
+        return MSCKVCache()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        noise: torch.Tensor,
+        cache: MSCKVCache | None = None,
+        update_cache: bool = False,
+    ) -> torch.Tensor:
+        """`x` `(B, T, H, W, C)`: frames n..n+T-1 after the n frames in `cache` (n = 0 without).
+
+        `noise`: per-frame timesteps `(B, T)` (embedded sinusoidally) or noise embeddings
+        `(B, T, noise_embed_dim)`. With `update_cache=True` the new frames' K/V are
+        appended to `cache` after the output is computed. Returns `(B, T, H, W, C)`.
+        """
+        self._check_inputs(x, noise, cache, update_cache)
+        B, T, H, W, _ = x.shape
+        past = cache is not None and cache.num_frames > 0
+        backend = resolve_backend(self.config.backend, x.device, past)
+
+        hi, hi_k, hi_v = self.high_res(
+            x, backend, cache.high_res_keys if past else None, cache.high_res_values if past else None
+        )  # (B, T, H, W, C_hi)
+        lo, lo_k, lo_v = self.low_res(
+            x, backend, cache.low_res_keys if past else None, cache.low_res_values if past else None
+        )  # (B, T, h', w', C_lo)
+        if update_cache:
+            cache.append(hi_k, hi_v, lo_k, lo_v, self.config.temporal_window)
+
+        gates = self.gate(noise).to(x.dtype)[:, :, None, None, :]  # (B, T, 1, 1, 2)
+        hi = hi * gates[..., 0:1]
+        lo = upsample_nearest_frames(lo * gates[..., 1:2], self.config.pool, H, W)  # (B, T, H, W, C_lo)
+        return self.proj(torch.cat([hi, lo], dim=-1))
+
+    def _check_inputs(
+        self, x: torch.Tensor, noise: torch.Tensor | None, cache: MSCKVCache | None, update_cache: bool
+    ) -> None:
+        cfg = self.config
+        if x.ndim != 5 or x.shape[-1] != cfg.dim:
+            raise ValueError(f"x must be (B, T, H, W, C={cfg.dim}), got shape {tuple(x.shape)}")
+        B, T, H, W, _ = x.shape
+        if noise is None:
+            raise ValueError("MSCAttention needs per-frame noise levels (B, T) or embeddings (B, T, E) for its gates")
+        if noise.shape[:2] != (B, T) or noise.ndim not in (2, 3):
+            raise ValueError(
+                f"noise must be timesteps (B, T)=({B}, {T}) or embeddings (B, T, {cfg.noise_embed_dim}), "
+                f"got shape {tuple(noise.shape)}"
+            )
+        if noise.ndim == 3 and noise.shape[-1] != cfg.noise_embed_dim:
+            raise ValueError(
+                f"noise embeddings must have noise_embed_dim={cfg.noise_embed_dim} channels, got {noise.shape[-1]}"
+            )
+        if cfg.pad_mode == "error" and (H % cfg.pool or W % cfg.pool):
+            raise ValueError(
+                f"frame size {H}x{W} is not divisible by pool={cfg.pool} and pad_mode='error'; "
+                f"use sizes divisible by {cfg.pool} or pad_mode='partial'"
+            )
+        if update_cache and cache is None:
+            raise ValueError("update_cache=True needs a cache (attention.new_cache())")
+        if cache is not None:
+            cache.check_compatible(B, H, W)
+
+    def pooled_frame_size(self, height: int, width: int) -> tuple[int, int]:
+        return pooled_size(height, self.config.pool), pooled_size(width, self.config.pool)
