@@ -143,7 +143,9 @@ def _step_forward(neg_log_ds_prev: torch.Tensor, t_prev: torch.Tensor, log_u: to
     U d^s[t_prev, j-1]) - 1`.
     """
     num_timesteps = neg_log_ds_prev.shape[0] - 1
-    threshold = neg_log_ds_prev[t_prev] - log_u  # -(log d^s[t_prev] + log U), (B,)
+    # index_select, not advanced indexing: same result, but a serial kernel at this size,
+    # where `table[idx]` spawns threads (costly on busy CPUs).
+    threshold = neg_log_ds_prev.index_select(0, t_prev) - log_u  # -(log d^s[t_prev] + log U), (B,)
     count = torch.searchsorted(neg_log_ds_prev, threshold, side="left")
     # Clamps only matter at U == 1 exactly (probability 2**-53), where rounding could
     # step one below t_prev.
@@ -156,7 +158,7 @@ def _step_backward(log_de_next: torch.Tensor, t_next: torch.Tensor, log_u: torch
     `log_de_next` is `log d^e[:, j+1]`; the CDF is `d^e[u, j+1] / d^e[t_next, j+1]`, so
     the draw is the smallest `u` with `d^e[u, j+1] >= U d^e[t_next, j+1]`.
     """
-    threshold = log_de_next[t_next] + log_u  # (B,)
+    threshold = log_de_next.index_select(0, t_next) + log_u  # (B,)
     return torch.minimum(torch.searchsorted(log_de_next, threshold, side="left"), t_next)
 
 
