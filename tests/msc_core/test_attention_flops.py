@@ -1,0 +1,52 @@
+"""`msc_core.flops` counts what the modules execute, and the paper's closed form as printed."""
+
+from __future__ import annotations
+
+import pytest
+
+from msc_core.attention import MSCAttentionConfig
+from msc_core.attention.tiled import axis_tiles
+from msc_core.flops import dense_frame_causal_flops, msc_attention_flops, paper_flops_estimate
+
+
+def test_dense_counts_match_the_matmul_shapes() -> None:
+    B, T, H, W, C = 2, 3, 4, 5, 16
+    N = T * H * W
+    flops = dense_frame_causal_flops(B, T, H, W, C, num_heads=4)
+    assert flops["projection"] == 2 * B * N * C * 3 * C
+    assert flops["attention"] == 2 * 2 * B * N * N * C  # QK^T and AV over the full masked matrix
+    assert flops["output_projection"] == 2 * B * N * C * C
+    assert flops["total"] == flops["projection"] + flops["attention"] + flops["output_projection"]
+
+
+def test_msc_counts_match_the_tiled_op_shapes() -> None:
+    B, T, H, W = 1, 5, 9, 7
+    cfg = MSCAttentionConfig(dim=32, num_heads=4, window=3, temporal_window=3, pool=2, temporal_stride=2, tile_size=4)
+    flops = msc_attention_flops(cfg, B, T, H, W)
+    hd, h_hi, h_lo = cfg.head_dim, cfg.num_high_res_heads, cfg.num_low_res_heads
+    rows, cols = axis_tiles(H, 3, 4), axis_tiles(W, 3, 4)
+    tile_queries = rows.num_tiles * cols.num_tiles * rows.tile * cols.tile
+    halo = rows.halo * cols.halo
+    slots_per_frame = [min(t + 1, 3) for t in range(T)]  # the first frames have fewer key frames
+    assert flops["high_res_attention"] == 4 * B * h_hi * hd * tile_queries * halo * sum(slots_per_frame)
+    P, d = 5 * 4, 2  # 9x7 pooled by 2 -> 5x4; 5 frames in 2 groups padded to 3 rows each
+    assert flops["low_res_attention"] == 4 * B * h_lo * hd * d * (3 * P) * (3 * P)
+    assert flops["high_res_projection"] == 2 * B * T * H * W * 32 * 3 * h_hi * hd
+    assert flops["low_res_projection"] == 2 * B * T * P * 32 * 3 * h_lo * hd
+
+
+def test_msc_is_a_small_fraction_of_dense_at_the_bench_size() -> None:
+    cfg = MSCAttentionConfig(dim=256, num_heads=8, window=7, temporal_window=3, pool=2, temporal_stride=4)
+    msc = msc_attention_flops(cfg, 1, 16, 32, 32)["total"]
+    dense = dense_frame_causal_flops(1, 16, 32, 32, 256, 8)["total"]
+    assert msc < dense / 10
+    paper = paper_flops_estimate(1, 16, 32, 32, 256, 7, 3, 2, 4)
+    assert paper["msc_over_dense"] < 0.1
+
+
+def test_paper_estimate_is_the_printed_formula() -> None:
+    b, s, h, w, v, r, d = 1, 100, 8, 3, 2, 2, 4
+    est = paper_flops_estimate(b, 1, 10, 10, h, w, v, r, d)
+    assert est["dense"] == pytest.approx(8 * b * s * h**2 + 2 * b * s**2 * h)
+    assert est["high_res"] == pytest.approx(2 * b * s * h**2 + b * s**2 * h / (2 * w**2 * v))
+    assert est["low_res"] == pytest.approx(2 * b * s * h**2 / r**2 + b * s**2 * h / (2 * r**2 * d))
