@@ -53,3 +53,54 @@ def assert_state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:
     for key in sa:
         if sa[key].dtype != sb[key].dtype or not torch.equal(sa[key], sb[key]):
             raise AssertionError(f"parameter {key} differs")
+
+
+def assert_timestep_causal(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    t: torch.Tensor,
+    out_frame_dim: int,
+    num_timesteps: int = 1000,
+    frames: list[int] | None = None,
+    seed: int = 0,
+) -> None:
+    """Per-frame timesteps `t` `[B, T]` condition only their own frame and later ones.
+
+    For each frame k: changing only `t[:, k]` must leave output frames < k bit-identical
+    and change frame k (so the timestep is really used); changing `t[:, k:]` (every
+    later frame too) must leave frames < k bit-identical.
+    """
+    num_frames = t.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        base = fn(t)
+        for k in frames if frames is not None else range(num_frames):
+            # a different timestep for frame k: shift by at least num_timesteps / 4
+            shift = torch.randint(num_timesteps // 4, num_timesteps, t[:, k].shape, generator=gen)
+            only_k = t.clone()
+            only_k[:, k] = (t[:, k] + shift.to(t.device, t.dtype)) % num_timesteps
+            future = t.clone()
+            future[:, k:] = torch.randint(0, num_timesteps, t[:, k:].shape, generator=gen).to(t.device, t.dtype)
+            future[:, k] = only_k[:, k]
+            outs = {"t[:, k]": fn(only_k), "t[:, k:]": fn(future)}
+            for name, out in outs.items():
+                past, past_ref = (o.narrow(out_frame_dim, 0, k) for o in (out, base))
+                if not torch.equal(past, past_ref):
+                    diff = (past - past_ref).abs().max().item()
+                    raise AssertionError(f"frames < {k} changed (max abs diff {diff:g}) when {name} changed, k={k}")
+            own, own_ref = (o.narrow(out_frame_dim, k, 1) for o in (outs["t[:, k]"], base))
+            if torch.equal(own, own_ref):
+                raise AssertionError(f"frame {k} did not react to its own timestep: test is vacuous")
+
+
+def perturb_parameters(model: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
+    """Add seeded `scale * N(0, 1)` noise to every parameter, in place; returns `model`.
+
+    DiT-style adaLN-Zero and zero-initialised output layers make a fresh model output 0
+    everywhere, which makes causality and equivalence tests vacuous; tests nudge the
+    weights off their init first.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
+    return model
