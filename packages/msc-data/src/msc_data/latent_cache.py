@@ -143,7 +143,7 @@ def _encode_shard(
     written = 0
     try:
         with open(tmp, "wb") as f:
-            writer = TarWriter(f, encoder=False, mtime=0.0)
+            writer = TarWriter(f, encoder=False, mtime=0)
             for batch in _clip_batches(shard, counter, batch_size):
                 num_frames = batch[0][1].shape[0]
                 spec.latent_frames(num_frames)  # ValueError naming valid lengths if the tokenizer cannot take it

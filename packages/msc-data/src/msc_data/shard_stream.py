@@ -59,25 +59,29 @@ class ShardRef:
 class SkipCounter:
     """Counts of skipped samples, shared by the reader and its DataLoader worker processes.
 
-    The counts live in shared memory: DataLoader workers (fork or spawn) update the
-    object the training loop holds. When the counter is pickled outside process
-    creation (e.g. shipped to a Ray worker) the copy starts from a snapshot and counts
-    independently; read it on the process that iterates.
+    The counts live in shared memory (a `multiprocessing.RawArray`), one row per process
+    (the main process and each DataLoader worker write only their own row, so no lock is
+    needed and fork, spawn and forkserver workers all work); reads sum the rows. When the
+    counter is pickled outside process creation (e.g. shipped to a Ray worker) the copy
+    starts from a snapshot and counts on its own: read it on the process that iterates.
     """
 
     FIELDS = ("corrupt", "missing", "damaged_shards")
+    ROWS = 257  # the main process + 256 DataLoader workers (more workers share rows)
 
-    def __init__(self, values: Any = None, lock: Any = None) -> None:
-        self._values = values if values is not None else multiprocessing.RawArray("q", len(self.FIELDS))
-        self._lock = lock if lock is not None else multiprocessing.Lock()
+    def __init__(self, values: Any = None) -> None:
+        self._values = values if values is not None else multiprocessing.RawArray("q", self.ROWS * len(self.FIELDS))
+
+    def _row(self) -> int:
+        info = torch.utils.data.get_worker_info()
+        return 0 if info is None else 1 + info.id % (self.ROWS - 1)
 
     def add(self, field: str, n: int = 1) -> None:
-        i = self.FIELDS.index(field)
-        with self._lock:
-            self._values[i] += n
+        self._values[self._row() * len(self.FIELDS) + self.FIELDS.index(field)] += n
 
     def __getitem__(self, field: str) -> int:
-        return int(self._values[self.FIELDS.index(field)])
+        i = self.FIELDS.index(field)
+        return int(sum(self._values[i :: len(self.FIELDS)]))
 
     @property
     def total(self) -> int:
@@ -88,13 +92,12 @@ class SkipCounter:
         return {name: self[name] for name in self.FIELDS} | {"total": self.total}
 
     def reset(self) -> None:
-        with self._lock:
-            for i in range(len(self.FIELDS)):
-                self._values[i] = 0
+        for i in range(len(self._values)):
+            self._values[i] = 0
 
     def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         if multiprocessing.context.get_spawning_popen() is not None:
-            return (SkipCounter, (self._values, self._lock))  # shared with the new process
+            return (SkipCounter, (self._values,))  # shared with the process being started
         return (_counter_from_snapshot, (self.as_dict(),))
 
     def __repr__(self) -> str:

@@ -217,7 +217,7 @@ def _video_task(task: _Task, config: ClipBuildConfig) -> _TaskResult:
     except (VideoDecodeError, ValueError) as err:
         result.samples.clear()
         result.clip_indices.clear()
-        result.skipped = SkippedFile(path=item.path, reason=str(err))
+        result.skipped = SkippedFile(path=item.path, reason=str(err).removeprefix(f"{item.path}: "))
         return result
     if num_clips == 0:
         result.skipped = SkippedFile(
@@ -365,7 +365,7 @@ def build_shards(
     pattern = os.path.join(str(out).replace("%", "%%"), CLIP_SHARD_PATTERN)
     writer = ShardWriter(
         pattern, maxcount=config.shard_max_clips, maxsize=config.shard_max_bytes, post=state.shard_done,
-        start_shard=len(finished), verbose=0, encoder=False, mtime=0.0,
+        start_shard=len(finished), verbose=0, encoder=False, mtime=0,
     )
     bar = tqdm(total=len(tasks), unit="task", desc=f"build {out.name}", disable=not progress)
     try:
