@@ -184,6 +184,16 @@ def test_save_pretrained_round_trip_is_bit_exact(attention: str, tmp_path) -> No
         assert torch.equal(loaded(x, t, cond), model(x, t, cond))
 
 
+def test_fresh_model_is_adaln_zero_and_keeps_msc_gates_at_an_even_mix() -> None:
+    torch.manual_seed(0)
+    model = MSCTransformer(MSCTransformerConfig.preset("tiny"))
+    x, t = make_inputs()
+    with torch.no_grad():
+        assert torch.equal(model(x, t), torch.zeros_like(x))  # DiT: zero output layer
+        for blk in model.blocks:
+            assert torch.equal(blk.attn.gate(t.float()), torch.ones(2, 6, 2))  # gates start at (1, 1)
+
+
 # -----------------------------------------------------------------------------
 # config, pool schedule, patchify, input errors
 

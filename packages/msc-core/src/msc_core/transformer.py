@@ -194,6 +194,29 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))  # (B, T, h, w, p*p*C_out)
 
 
+def initialize_dit_weights(model: nn.Module, keep: list[nn.Module] | tuple[nn.Module, ...] = ()) -> None:
+    """DiT's init, in place: xavier linears, N(0, 0.02) timestep MLP, adaLN-Zero, zero output.
+
+    `model` has `t_embedder` (a `TimestepEmbedder`), `blocks` (each with an
+    `adaLN_modulation`) and `final_layer` (a `FinalLayer`); linears inside the modules of
+    `keep` are left as their own constructors made them.
+    """
+    kept = {id(m) for module in keep for m in module.modules()}
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and id(module) not in kept:
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    for layer in (model.t_embedder.mlp[0], model.t_embedder.mlp[2]):
+        nn.init.normal_(layer.weight, std=0.02)
+    for blk in model.blocks:
+        nn.init.zeros_(blk.adaLN_modulation[-1].weight)
+        nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+    for layer in (model.final_layer.adaLN_modulation[-1], model.final_layer.linear):
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
 # -----------------------------------------------------------------------------
 # config
 
@@ -300,23 +323,8 @@ class MSCTransformer(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """DiT's init: xavier linears, N(0, 0.02) timestep MLP, adaLN-Zero, zero output layer.
-
-        Attention layers keep their own init (MSC's noise gates start at an exact 1:1 mix).
-        """
-        attention = {id(m) for blk in self.blocks for m in blk.attn.modules()}
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and id(module) not in attention:
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        for blk in self.blocks:
-            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
-            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        # Attention layers keep their own init (MSC's noise gates start at an exact 1:1 mix).
+        initialize_dit_weights(self, keep=[blk.attn for blk in self.blocks])
 
     def new_cache(self) -> list[Any]:
         """One empty KV cache per layer, for streaming frames through `forward(..., cache=...)`."""
