@@ -27,6 +27,7 @@ from msc_core.transformer import (
     Mlp,
     TimestepEmbedder,
     frame_index_embedding,
+    initialize_dit_weights,
     modulate,
     patchify,
     spatial_sincos_embedding,
@@ -108,23 +109,7 @@ class CascadeDiT(nn.Module):
         self.t_embedder = TimestepEmbedder(config.dim, config.timestep_frequency_dim)
         self.blocks = nn.ModuleList(CascadeBlock(config, kind) for kind in config.layer_kinds())
         self.final_layer = FinalLayer(config.dim, p, C)
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        """DiT's init: xavier linears, adaLN-Zero, zero output layer."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        for blk in self.blocks:
-            nn.init.zeros_(blk.adaLN_modulation[-1].weight)
-            nn.init.zeros_(blk.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        initialize_dit_weights(self)
 
     def forward(self, x_t: torch.Tensor, base: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """`x_t`, `base` `(B, C, T, H, W)` (base already upsampled to the target size), `t` `(B,)`."""
