@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from scipy.stats import chisquare
+from scipy.stats import chi2_contingency, chisquare
 
 from msc_ar.ardiffusion.timesteps import (
     TIMESTEP_SAMPLERS,
@@ -183,6 +183,18 @@ def test_fopp_mirror_symmetry_exact_and_empirical() -> None:
         # Empirical P(t_f = t) against the exact P(t_{F-1-f} = T-1-t).
         mirrored_expected = marginals[frames - 1 - f].flip(0) * n
         assert chisquare(observed.numpy(), mirrored_expected.numpy()).pvalue > P_MIN
+
+
+@pytest.mark.parametrize("kind", ["fopp", "uniform-nondecreasing"])
+def test_batch_rows_are_exchangeable(kind: str) -> None:
+    # The FoPP sampler works on the batch grouped by anchor frame; rows must come back
+    # in drawn order, or the start of a batch (e.g. one micro-batch) would be biased.
+    frames, steps, n = 6, 5, 40_000
+    t = sample_timesteps(kind, n, frames, steps, generator=torch.Generator().manual_seed(13))
+    halves = t.view(2, n // 2, frames)
+    for f in (0, frames - 1):
+        table = torch.stack([torch.bincount(h[:, f], minlength=steps) for h in halves])  # (2, T)
+        assert chi2_contingency(table.numpy()).pvalue > P_MIN
 
 
 def test_fopp_stable_at_paper_scale() -> None:
