@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from msc_core.attention import MSCAttention, MSCAttentionConfig, resolve_backend
+from msc_core.attention import tiled
 from msc_core.attention.natten_backend import natten_available
 from msc_core.testing import assert_frame_causal
 
@@ -61,6 +62,17 @@ def inputs(case, batch: int = 2, seed: int = 1, device: str = "cpu"):
 @pytest.mark.parametrize("backend", GRAD_BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_backend_matches_reference_forward_and_gradients(case, backend: str) -> None:
+    check_against_reference(case, backend)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=[IDS[0], IDS[3]])
+def test_tiled_one_frame_per_call_matches_reference(case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large inputs split the High-Res SDPA into chunks of frames (recomputed in backward)."""
+    monkeypatch.setattr(tiled, "KEYS_PER_CALL", 1)
+    check_against_reference(case, "tiled")
+
+
+def check_against_reference(case, backend: str) -> None:
     device = "cuda" if backend == "natten" else "cpu"
     reference, other = make_pair(case, backend)
     reference, other = reference.to(device), other.to(device)

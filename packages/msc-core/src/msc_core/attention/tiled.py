@@ -6,8 +6,14 @@ tiles. Because NATTEN windows are shifted inwards at the borders, the union of t
 One gather (`index_select` with a shape-derived index) collects, for every query tile,
 the halo in each of its `v` key frames; one batched `scaled_dot_product_attention`
 call over all tiles, frames and heads then applies the exact per-query window with a
-shape-derived boolean mask. Work per query is `v * (tile + w - 1)^2` keys instead of
-`T * H * W` for dense attention.
+shape-derived boolean mask shared by every frame (the first `v - 1` frames, which have
+fewer key frames, get a call each). Work per query is `v * (tile + w - 1)^2` keys
+instead of `T * H * W` for dense attention.
+
+Memory: the gathered K/V tiles are ~`v * (tile + w - 1)^2 / tile^2` times the K/V
+themselves, so frames go through SDPA in chunks of at most `KEYS_PER_CALL` gathered key
+elements, and when gradients are needed each chunk is checkpointed: backward re-gathers
+its tiles (about 20% more time for this branch) instead of keeping them all alive.
 
 Low-Res branch (§3.2): frames `t, t-d, t-2d, ...` are the frames congruent to `t`
 modulo `d`, so the frames are split into `d` interleaved groups and each group runs
@@ -23,8 +29,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from msc_core.attention.masks import neighborhood_window_start
+
+# gathered key elements per High-Res SDPA call: bounds the memory of the K/V tiles
+KEYS_PER_CALL = 1 << 22
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 @dataclass(frozen=True)
@@ -117,13 +131,23 @@ def tiled_high_res_attention(
             attn_mask=mask,
         ).reshape(B * heads, count * num_tiles * tile_queries, D)
 
+    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)) and not _tracing()
+
+    def attend_chunk(first: int, count: int, slots: int) -> torch.Tensor:
+        # training: keep only q/k/v for backward and re-gather the tiles there, so the
+        # gathered K/V (the bulk of this branch's memory) live one chunk at a time
+        if recompute:
+            return checkpoint(attend, first, count, slots, use_reentrant=False)
+        return attend(first, count, slots)
+
     # the first frames of the sequence have fewer than v frames to look at: one call each,
     # so that every other frame shares one spatial mask and no key slot is ever empty
     slots = min(temporal_window, Tk)
     early = max(0, min(Tq, (slots - 1) - (Tk - Tq)))
-    parts = [attend(t, 1, Tk - Tq + t + 1) for t in range(early)]
-    if early < Tq:
-        parts.append(attend(early, Tq - early, slots))
+    parts = [attend_chunk(t, 1, Tk - Tq + t + 1) for t in range(early)]
+    per_call = max(1, KEYS_PER_CALL // (B * heads * num_tiles * slots * halo_keys * D))
+    for first in range(early, Tq, per_call):
+        parts.append(attend_chunk(first, min(per_call, Tq - first), slots))
     out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B*h, Tq*nTiles*th*tw, D)
 
     # back from tile order to (t, i, j) order; queries past the edge are dropped here
