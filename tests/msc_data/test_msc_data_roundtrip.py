@@ -173,6 +173,18 @@ def test_captions_and_motion_scores_survive_the_round_trip(shards: tuple[Path, C
     assert {s.source_id: s.caption for s in manifest.sources} == expected_caption
 
 
+def test_overlapping_clips_share_flow_yet_score_exactly_their_own_frames(video_dir: Path, tmp_path: Path) -> None:
+    # One video file as the source; stride 3 < 8 frames, so consecutive clips share 5 frame pairs.
+    config = ClipBuildConfig(frames=FRAMES, stride=3, size=SIZE, fps=FPS)
+    manifest = build_shards(video_dir / "mnist_moving.mp4", tmp_path, config, progress=False)
+    assert manifest.num_clips == (24 - FRAMES) // 3 + 1
+    starts = []
+    for sample in VideoClipDataset(tmp_path):
+        assert sample["motion"] == motion_score(video_to_frames(sample["video"]))
+        starts.append(sample["start_frame"])
+    assert sorted(starts) == list(range(0, 24 - FRAMES + 1, 3))
+
+
 def test_motion_score_is_higher_for_moving_digits_than_static(shards: tuple[Path, ClipManifest]) -> None:
     out, _ = shards
     motion: dict[str, list[float]] = {"mnist_moving.mp4": [], "mnist_static.mp4": []}

@@ -49,6 +49,7 @@ from msc_data.shard_stream import (
     iter_shard_samples,
     logger,
     resolve_shards,
+    source_manifest,
 )
 from msc_data.tokenizer_registry import class_path, load_tokenizer, read_tokenizer_kind
 from msc_data.video_tensor import frames_to_video
@@ -265,6 +266,10 @@ class LatentClipDataset(ShardStreamDataset):
 
     def __init__(self, source: ShardSource, **stream: Any) -> None:
         super().__init__(source, **stream)
+        manifest = source_manifest(source)
+        if manifest is not None and not isinstance(manifest, LatentManifest):
+            raise ValueError(f"{source} is a {manifest.kind} shard set; read it with VideoClipDataset")
+        self.manifest = manifest
 
     def decode_sample(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         latents, meta = read_latent_sample(sample)

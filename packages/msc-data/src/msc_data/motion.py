@@ -18,8 +18,8 @@ MotionMethod = Literal["farneback", "dis"]
 MOTION_METHODS: tuple[str, ...] = ("farneback", "dis")
 
 
-def _to_gray(frames: np.ndarray) -> np.ndarray:
-    """uint8 `(T, H, W, 3)` RGB or `(T, H, W)` gray -> uint8 `(T, H, W)`."""
+def to_gray(frames: np.ndarray) -> np.ndarray:
+    """uint8 `(T, H, W, 3)` RGB, `(T, H, W, 1)` or `(T, H, W)` -> uint8 gray `(T, H, W)`."""
     if frames.dtype != np.uint8:
         raise ValueError(f"motion needs uint8 frames, got {frames.dtype}")
     if frames.ndim == 4 and frames.shape[-1] == 3:
@@ -31,27 +31,31 @@ def _to_gray(frames: np.ndarray) -> np.ndarray:
     raise ValueError(f"frames must be (T, H, W, 3), (T, H, W, 1) or (T, H, W), got {tuple(frames.shape)}")
 
 
+class FlowMagnitude:
+    """Mean dense optical-flow magnitude between two gray uint8 frames, in pixels."""
+
+    def __init__(self, method: MotionMethod = "farneback") -> None:
+        if method not in MOTION_METHODS:
+            raise ValueError(f"unknown motion method {method!r}; valid: {', '.join(MOTION_METHODS)}")
+        self.method = method
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) if method == "dis" else None
+
+    def __call__(self, previous: np.ndarray, current: np.ndarray) -> float:
+        if self._dis is not None:
+            uv = self._dis.calc(previous, current, None)
+        else:
+            # OpenCV's documented defaults: pyramid scale 0.5, 3 levels, 15 px window.
+            uv = cv2.calcOpticalFlowFarneback(previous, current, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # (H, W, 2)
+        return float(np.sqrt((uv.astype(np.float64) ** 2).sum(-1)).mean())
+
+
 def flow_magnitudes(frames: np.ndarray, method: MotionMethod = "farneback") -> np.ndarray:
     """Mean optical-flow magnitude of each adjacent frame pair, float64 `(T - 1,)`."""
-    gray = _to_gray(frames)  # (T, H, W)
+    gray = to_gray(frames)  # (T, H, W)
     if gray.shape[0] < 2:
         raise ValueError(f"motion needs at least 2 frames, got {gray.shape[0]}")
-    if method == "farneback":
-        # OpenCV's documented defaults: pyramid scale 0.5, 3 levels, 15 px window.
-        def flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-    elif method == "dis":
-        dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-
-        def flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return dis.calc(a, b, None)
-    else:
-        raise ValueError(f"unknown motion method {method!r}; valid: {', '.join(MOTION_METHODS)}")
-    out = np.empty(gray.shape[0] - 1, dtype=np.float64)
-    for i in range(gray.shape[0] - 1):
-        uv = flow(gray[i], gray[i + 1])  # (H, W, 2) pixels
-        out[i] = float(np.sqrt((uv.astype(np.float64) ** 2).sum(-1)).mean())
-    return out
+    flow = FlowMagnitude(method)
+    return np.array([flow(gray[i], gray[i + 1]) for i in range(gray.shape[0] - 1)], dtype=np.float64)
 
 
 def motion_score(frames: np.ndarray, method: MotionMethod = "farneback") -> float:

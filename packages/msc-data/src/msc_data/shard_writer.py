@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 from tqdm import tqdm
 from webdataset import ShardWriter
 
@@ -40,7 +41,7 @@ from msc_data.manifest import (
     shard_info,
     verified_shard_prefix,
 )
-from msc_data.motion import motion_score
+from msc_data.motion import FlowMagnitude, motion_score, to_gray
 from msc_data.moving_mnist import render_moving_mnist
 from msc_data.sample_videos import sample_video_caption, sample_video_paths
 from msc_data.video_io import VIDEO_EXTENSIONS, VideoDecodeError, iter_video_frames, native_frame_rate
@@ -170,14 +171,14 @@ def _resolve_source(source: str | Path, out: Path, config: ClipBuildConfig) -> t
 
 
 def _clip_sample(item: _Item, clip_index: int, frames: Any, caption: str, fps: float, start: int,
-                 config: ClipBuildConfig) -> dict[str, Any]:
+                 motion: float, config: ClipBuildConfig) -> dict[str, Any]:
     return make_clip_sample(
         f"{item.index:06d}-{clip_index:06d}",
         frames,
         source=item.source_id,
         caption=caption,
         fps=fps,
-        motion=motion_score(frames, config.motion_method),
+        motion=motion,
         start_frame=start,
         clip_format=config.clip_format,
         crf=config.mp4_crf,
@@ -185,33 +186,44 @@ def _clip_sample(item: _Item, clip_index: int, frames: Any, caption: str, fps: f
 
 
 def _video_task(task: _Task, config: ClipBuildConfig) -> _TaskResult:
-    import numpy as np
-
     item = task.item
     result = _TaskResult(item.index)
+    T = config.frames
     try:
         caption = _read_caption(item)
         native = native_frame_rate(item.path)
         fps = config.fps or native
         if fps is None:
             raise VideoDecodeError(f"{item.path}: the stream has no frame rate; pass an explicit fps")
-        window: list[np.ndarray] = []
-        num_frames = 0
-        num_clips = 0
+        flow = FlowMagnitude(config.motion_method)
+        window: list[np.ndarray] = []  # the last T frames (T, H, W, 3) and their gray versions
+        gray: list[np.ndarray] = []
+        # Flow magnitude of the pair (n - 1, n), keyed by n: overlapping clips (stride < frames)
+        # share pairs, and the clip's score is the mean over its pairs, exactly motion_score(clip).
+        pair_motion: dict[int, float] = {}
+        num_frames = num_clips = 0
         for frame in iter_video_frames(item.path, config.fps, config.size):
             window.append(frame)
-            if len(window) > config.frames:
+            gray.append(to_gray(frame[None])[0])
+            if len(window) > T:
                 window.pop(0)
+                gray.pop(0)
             num_frames += 1
-            start = num_frames - config.frames
+            start = num_frames - T
             if start < 0 or start % config.stride:
                 continue
             clip_index = start // config.stride
             num_clips += 1
             if clip_index >= task.start_clip:
+                for n in range(start + 1, start + T):
+                    if n not in pair_motion:
+                        pair_motion[n] = flow(gray[n - 1 - start], gray[n - start])
+                motion = float(np.array([pair_motion[n] for n in range(start + 1, start + T)]).mean())
                 frames = np.stack(window)  # (T, H, W, 3)
-                result.samples.append(_clip_sample(item, clip_index, frames, caption, fps, start, config))
+                result.samples.append(_clip_sample(item, clip_index, frames, caption, fps, start, motion, config))
                 result.clip_indices.append(clip_index)
+                for n in [n for n in pair_motion if n <= start + config.stride]:
+                    del pair_motion[n]
             if config.max_clips_per_video is not None and num_clips >= config.max_clips_per_video:
                 break
     except (VideoDecodeError, ValueError) as err:
@@ -233,16 +245,15 @@ def _video_task(task: _Task, config: ClipBuildConfig) -> _TaskResult:
 
 
 def _moving_mnist_task(task: _Task, config: ClipBuildConfig) -> _TaskResult:
-    import numpy as np
-
     mm = config.moving_mnist_config()
     item = task.item
     result = _TaskResult(item.index)
-    assert task.stop_clip is not None  # moving-MNIST tasks are always bounded chunks
-    for index in range(task.start_clip, task.stop_clip):
+    stop = config.num_clips if task.stop_clip is None else task.stop_clip
+    for index in range(task.start_clip, stop):
         clip = render_moving_mnist(mm, config.seed, index)
         frames = np.repeat(clip.frames[..., None], 3, axis=-1)  # (T, H, W, 3)
-        result.samples.append(_clip_sample(item, index, frames, clip.caption, mm.fps, 0, config))
+        motion = motion_score(clip.frames, config.motion_method)
+        result.samples.append(_clip_sample(item, index, frames, clip.caption, mm.fps, 0, motion, config))
         result.clip_indices.append(index)
     return result
 
