@@ -103,3 +103,18 @@ def test_sample_rejects_mismatched_unconditional_batch():
     head = oracle_head()
     with pytest.raises(ValueError, match="z_uncond"):
         head.sample(torch.randn(3, 6), 5, z_uncond=torch.randn(2, 6))
+
+
+def test_clip_denoised_keeps_samples_in_the_data_range():
+    # An untrained head is far from eps = x_t at t = 999 (alpha_bar = 2.4e-9); without
+    # clipping its x0 estimates are ~1e4, with clipping the last (noise-free) step returns
+    # the clipped x0 estimate itself.
+    torch.manual_seed(0)
+    head = DiffusionHead(token_dim=6, cond_dim=8, width=16, depth=2)
+    for p in head.parameters():
+        p.data.normal_(0, 0.3)
+    z = torch.randn(50, 8)
+    wild = head.sample(z, 10, generator=torch.Generator().manual_seed(0))
+    clipped = head.sample(z, 10, generator=torch.Generator().manual_seed(0), clip_denoised=1.0)
+    assert wild.abs().max() > 10
+    assert clipped.abs().max() <= 1.0

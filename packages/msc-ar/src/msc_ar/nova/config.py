@@ -44,6 +44,9 @@ class NovaConfig(Config):
     num_train_timesteps: int = Field(default=1000, ge=2)
     noise_schedule: Literal["linear", "cosine"] = "cosine"
     sampling_diffusion_steps: int = Field(default=100, ge=1)
+    clip_denoised: float | None = Field(
+        default=1.0, gt=0.0, description="clamp x0 estimates to [-c, c] while sampling (pixels: 1; None: off)"
+    )
 
     # set-by-set masking (§4.1): truncated normal N(1, std) on [mask_ratio_min, 1]
     mask_ratio_min: float = Field(default=0.7, ge=0.0, lt=1.0)

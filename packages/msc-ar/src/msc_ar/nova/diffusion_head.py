@@ -143,11 +143,15 @@ class DiffusionHead(nn.Module):
         guidance_scale: float = 1.0,
         z_uncond: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        clip_denoised: float | None = None,
     ) -> torch.Tensor:
         """Draw one token `(N, Dt)` per condition `z` `(N, Dz)` by `num_steps` DDPM steps.
 
         With `z_uncond`, eps is guided: `eps_u + guidance_scale * (eps_c - eps_u)`, both
         branches denoising the same `x_t` (so `guidance_scale = 1` is the conditional model).
+        `clip_denoised` clamps each x0 estimate to `[-c, c]` (DDPM's clipping for data in a
+        known range): the cosine schedule ends at alpha_bar_999 = 2.4e-9, where eps -> x0
+        multiplies any eps error by 1/sqrt(alpha_bar) = 2e4.
         """
         if z_uncond is not None and z_uncond.shape != z.shape:
             raise ValueError(f"z_uncond {tuple(z_uncond.shape)} must match z {tuple(z.shape)}")
@@ -165,5 +169,7 @@ class DiffusionHead(nn.Module):
                 eps = eps_u + guidance_scale * (eps_c - eps_u)
             k_t = torch.full((N,), k, dtype=torch.long, device=z.device)
             x0 = convert_prediction(eps, "eps", "x0", x, k_t, respaced, frame_dim=1)
+            if clip_denoised is not None:
+                x0 = x0.clamp(-clip_denoised, clip_denoised)
             x = ddpm_step(x, x0, k_t, respaced, frame_dim=1, temperature=temperature, generator=generator)
         return x

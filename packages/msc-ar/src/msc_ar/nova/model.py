@@ -110,9 +110,17 @@ class _TemporalContext:
         self.window, self.use_cache = window, use_cache
         self.cache: TemporalKVCache | None = None
         self.bov_output: torch.Tensor | None = None
+        self.num_fixed_keys = 0
+        self.next_frame = 0
 
     def features(self, n: int, frames: Sequence[torch.Tensor]) -> torch.Tensor:
-        """`h_n` `(B, L, D)`; `frames` are the `n` frames so far, each `(B, L, Dt)`."""
+        """`h_n` `(B, L, D)`; `frames` are the `n` frames so far, each `(B, L, Dt)`.
+
+        Call it for n = 0, 1, 2, ... in order: the cache holds what earlier calls fed.
+        """
+        if n != self.next_frame or len(frames) != n:
+            raise ValueError(f"expected frame {self.next_frame} with {self.next_frame} earlier frames, got {n}, {len(frames)}")
+        self.next_frame += 1
         first = max(0, n - self.window + 1)
         context = list(frames[first:n])  # fed at slots 1..len(context)
         if not self.use_cache:
@@ -270,6 +278,10 @@ class NOVA(nn.Module):
 
     # temporal ------------------------------------------------------------------
 
+    def positions(self, grid: Grid) -> torch.Tensor:
+        """2-D sine-cosine embedding `(L, D)` of a frame's token grid, any size (extrapolates)."""
+        return grid_sincos_embedding(grid, self.config.dim, self.device).to(self.bov.dtype)
+
     def temporal_features(
         self,
         prefix: torch.Tensor | None,
@@ -286,11 +298,12 @@ class NOVA(nn.Module):
         without a prefix continues a cache that already holds text, motion and BOV.
         """
         L, D, device = grid[0] * grid[1], self.config.dim, self.device
-        pos = grid_sincos_embedding(grid, D, device)  # (L, D)
+        dtype = self.bov.dtype
+        pos = self.positions(grid)  # (L, D)
         parts, blocks, valid = [], [], []
         if prefix is not None:
             B = prefix.shape[0]
-            bov = self.bov.expand(B, 1, L, D) + pos + timestep_embedding(torch.zeros(1, device=device), D)
+            bov = self.bov.expand(B, 1, L, D) + pos + timestep_embedding(torch.zeros(1, device=device), D).to(dtype)
             parts += [prefix, self.frame_norm(bov).flatten(1, 2)]
             blocks += [torch.zeros(prefix.shape[1], dtype=torch.long, device=device),
                        torch.ones(L, dtype=torch.long, device=device)]
@@ -298,7 +311,7 @@ class NOVA(nn.Module):
         if frames is not None:
             B, F = frames.shape[:2]
             slots = torch.arange(first_slot, first_slot + F, device=device)
-            time = timestep_embedding(slots, D)[None, :, None]  # (1, F, 1, D)
+            time = timestep_embedding(slots, D).to(dtype)[None, :, None]  # (1, F, 1, D)
             x = self.frame_norm(self.frame_embed(frames) + pos + time)  # (B, F, L, D)
             parts.append(x.flatten(1, 2))
             blocks.append((slots + 1).repeat_interleave(L))
@@ -345,7 +358,7 @@ class NOVA(nn.Module):
         orders = random_orders(B * T, L, device, generator)
         mask = mask_from_order(orders, num_masked_for_ratio(L, ratio))  # (B*T, L), True = masked
         tokens = x.flatten(0, 1)  # (B*T, L, Dt)
-        z = self.spatial(tokens, mask, indicator, grid_sincos_embedding(grid, c.dim, device))
+        z = self.spatial(tokens, mask, indicator, self.positions(grid))
         per_token = self.head.loss(tokens[mask], z[mask], c.diffusion_batch_mul, generator)  # (n_masked,)
 
         frame_of_token = torch.arange(T, device=device).repeat(B)[:, None].expand(B * T, L)[mask]
@@ -378,7 +391,7 @@ class NOVA(nn.Module):
         B, L = indicator.shape[:2]
         counts = reveal_schedule(L, num_steps)
         diffusion_steps = diffusion_steps or self.config.sampling_diffusion_steps
-        pos = grid_sincos_embedding(grid, self.config.dim, self.device)
+        pos = self.positions(grid)
         tokens = indicator.new_zeros(B, L, self.config.token_dim)
         mask = torch.ones(B, L, dtype=torch.bool, device=self.device)
         orders = random_orders(B, L, self.device, generator)
@@ -393,7 +406,7 @@ class NOVA(nn.Module):
             z_uncond = z[B:][to_predict] if doubled else None
             scale = guidance_at(guidance_scale, L, masked_after)
             tokens[to_predict] = self.head.sample(
-                z[:B][to_predict], diffusion_steps, temperature, scale, z_uncond, generator
+                z[:B][to_predict], diffusion_steps, temperature, scale, z_uncond, generator, self.config.clip_denoised
             ).to(tokens.dtype)
             mask = next_mask
         return tokens
