@@ -157,7 +157,12 @@ def accuracy_worker(device_name: str) -> dict:
         out, grads = run(module, with_grad)
         entry = {"forward": (out - out_ref).abs().max().item()}
         if with_grad:
-            entry["backward"] = max((g - g_ref).abs().max().item() for g, g_ref in zip(grads, grads_ref))
+            pairs = list(zip(grads, grads_ref))
+            entry["backward"] = max((g - g_ref).abs().max().item() for g, g_ref in pairs)
+            # parameter gradients sum over every token: judge them relative to their size too
+            entry["backward_relative"] = max(
+                ((g - g_ref).abs().max() / g_ref.abs().max().clamp(min=1e-30)).item() for g, g_ref in pairs
+            )
         errors[backend] = entry
     return {"size": size, "errors": errors}
 

@@ -11,6 +11,11 @@ from __future__ import annotations
 import torch
 
 
+def prepend_frames(cached: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """Cached frames followed by new frames along the frame axis (2), `new` alone without a cache."""
+    return new if cached is None else torch.cat([cached, new], dim=2)
+
+
 class MSCKVCache:
     """Per-layer cache; `num_frames` is the absolute index of the next frame to process."""
 
@@ -43,13 +48,9 @@ class MSCKVCache:
         """Append the K/V of new frames: High-Res `(B, h, k, H, W, D)`, Low-Res `(B, h, k, P, D)`."""
         keep = temporal_window - 1
         if keep:
-            self.high_res_keys = self._cat(self.high_res_keys, high_res_keys)[:, :, -keep:]
-            self.high_res_values = self._cat(self.high_res_values, high_res_values)[:, :, -keep:]
-        self.low_res_keys = self._cat(self.low_res_keys, low_res_keys)
-        self.low_res_values = self._cat(self.low_res_values, low_res_values)
+            self.high_res_keys = prepend_frames(self.high_res_keys, high_res_keys)[:, :, -keep:]
+            self.high_res_values = prepend_frames(self.high_res_values, high_res_values)[:, :, -keep:]
+        self.low_res_keys = prepend_frames(self.low_res_keys, low_res_keys)
+        self.low_res_values = prepend_frames(self.low_res_values, low_res_values)
         self.frame_size = (high_res_keys.shape[3], high_res_keys.shape[4])
         self.num_frames += low_res_keys.shape[2]
-
-    @staticmethod
-    def _cat(cached: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
-        return new if cached is None else torch.cat([cached, new], dim=2)

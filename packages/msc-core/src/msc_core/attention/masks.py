@@ -38,13 +38,17 @@ def neighborhood_mask_1d(
     return (pos[None, :] >= start[:, None]) & (pos[None, :] < start[:, None] + min(window, length))
 
 
+def frame_lags(num_query_frames: int, num_key_frames: int, device: torch.device | None = None) -> torch.Tensor:
+    """`(Tq, Tk)` query frame index minus key frame index (queries are the last Tq key frames)."""
+    query = torch.arange(num_key_frames - num_query_frames, num_key_frames, device=device)
+    return query[:, None] - torch.arange(num_key_frames, device=device)[None, :]
+
+
 def high_res_frame_mask(
     num_query_frames: int, num_key_frames: int, temporal_window: int, device: torch.device | None = None
 ) -> torch.Tensor:
     """Boolean `(Tq, Tk)`: query frame t sees key frames t-v+1 .. t."""
-    query = torch.arange(num_key_frames - num_query_frames, num_key_frames, device=device)
-    key = torch.arange(num_key_frames, device=device)
-    lag = query[:, None] - key[None, :]
+    lag = frame_lags(num_query_frames, num_key_frames, device)
     return (lag >= 0) & (lag < temporal_window)
 
 
@@ -52,9 +56,7 @@ def low_res_frame_mask(
     num_query_frames: int, num_key_frames: int, temporal_stride: int, device: torch.device | None = None
 ) -> torch.Tensor:
     """Boolean `(Tq, Tk)`: query frame t sees key frames t, t-d, t-2d, ... >= 0."""
-    query = torch.arange(num_key_frames - num_query_frames, num_key_frames, device=device)
-    key = torch.arange(num_key_frames, device=device)
-    lag = query[:, None] - key[None, :]
+    lag = frame_lags(num_query_frames, num_key_frames, device)
     return (lag >= 0) & (lag % temporal_stride == 0)
 
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from msc_core.attention.cache import MSCKVCache
+from msc_core.attention.cache import MSCKVCache, prepend_frames
 from msc_core.attention.config import MSCAttentionConfig
 from msc_core.attention.natten_backend import (
     natten_available,
     natten_high_res_attention,
     natten_low_res_attention,
 )
-from msc_core.attention.pooling import average_pool_frames, pooled_size, upsample_nearest_frames
+from msc_core.attention.pooling import average_pool_frames, upsample_nearest_frames
 from msc_core.attention.reference import reference_high_res_attention, reference_low_res_attention
 from msc_core.attention.tiled import tiled_high_res_attention, tiled_low_res_attention
 from msc_core.diffusion import timestep_embedding
@@ -91,8 +91,7 @@ class HighResBranch(nn.Module):
         B, T, H, W, _ = x.shape
         qkv = self.qkv(x).reshape(B, T, H, W, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(4, 0, 5, 1, 2, 3, 6)  # 3 x (B, h, T, H, W, D)
-        keys = k if past_keys is None else torch.cat([past_keys, k], dim=2)
-        values = v if past_values is None else torch.cat([past_values, v], dim=2)
+        keys, values = prepend_frames(past_keys, k), prepend_frames(past_values, v)
         if backend == "reference":
             out = reference_high_res_attention(q, keys, values, self.window, self.temporal_window)
         elif backend == "tiled":
@@ -125,8 +124,7 @@ class LowResBranch(nn.Module):
         B, T, ph, pw, _ = pooled.shape
         qkv = self.qkv(pooled).reshape(B, T, ph * pw, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(3, 0, 4, 1, 2, 5)  # 3 x (B, h, T, P, D)
-        keys = k if past_keys is None else torch.cat([past_keys, k], dim=2)
-        values = v if past_values is None else torch.cat([past_values, v], dim=2)
+        keys, values = prepend_frames(past_keys, k), prepend_frames(past_values, v)
         if backend == "reference":
             out = reference_low_res_attention(q, keys, values, self.temporal_stride)
         elif backend == "tiled":
@@ -216,6 +214,3 @@ class MSCAttention(nn.Module):
             raise ValueError("update_cache=True needs a cache (attention.new_cache())")
         if cache is not None:
             cache.check_compatible(B, H, W)
-
-    def pooled_frame_size(self, height: int, width: int) -> tuple[int, int]:
-        return pooled_size(height, self.config.pool), pooled_size(width, self.config.pool)
