@@ -29,8 +29,7 @@ import torch
 
 from msc_core.interfaces import GenerationRequest
 
-from msc_ar.nova import NOVA, NovaConfig, reveal_schedule
-from msc_ar.nova.model import _TemporalContext
+from msc_ar.nova import NOVA, NovaConfig, TemporalContext, reveal_schedule
 
 NUM_FRAMES = 16
 
@@ -71,7 +70,7 @@ def time_temporal(model: NOVA, use_cache: bool) -> list[float]:
     grid = model.config.token_grid
     L = grid[0] * grid[1]
     prefix, valid = model.encode_conditions(1, ["a red square moving right"])
-    context = _TemporalContext(model, prefix, valid, grid, NUM_FRAMES, use_cache)
+    context = TemporalContext(model, prefix, valid, grid, NUM_FRAMES, use_cache)
     frames = [torch.randn(1, L, model.config.token_dim) for _ in range(NUM_FRAMES)]
     times = []
     with torch.no_grad():

@@ -99,6 +99,12 @@ def test_training_accepts_latents_tokens_and_precomputed_text(model):
     torch.testing.assert_close(from_feats["loss"], from_captions["loss"])
 
 
+def test_text_to_image_training_on_single_frames(model):
+    losses = model.training_losses({"video": video(num_frames=1), "caption": ["a", "b"]})
+    assert set(losses) == {"loss", "loss_first_frame"}
+    assert torch.equal(losses["loss"].detach(), losses["loss_first_frame"])
+
+
 def test_training_rejects_bad_batches(model):
     with pytest.raises(ValueError, match="exactly one of 'video' or 'latents'"):
         model.training_losses({"caption": ["a"]})
@@ -200,6 +206,10 @@ def test_generation_rejects_bad_requests(model):
         model.generate(request(prompt=["a", "b"], batch_size=3))
     with pytest.raises(ValueError, match="prefix has batch 2"):
         model.generate(request(prefix=video(batch=2, num_frames=1)))
+    with pytest.raises(ValueError, match="pass `prompt` instead of `class_label`"):
+        model.generate(request(class_label=3))
+    with pytest.raises(ValueError, match="scheduler.offset is an AR-Diffusion setting"):
+        model.generate(request(scheduler=SchedulerParams(offset=2)))
 
 
 # -----------------------------------------------------------------------------

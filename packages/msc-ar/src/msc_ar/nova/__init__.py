@@ -16,7 +16,7 @@ from msc_ar.nova.masking import (
     sample_mask_ratio,
     truncated_normal_mean,
 )
-from msc_ar.nova.model import NOVA
+from msc_ar.nova.model import NOVA, TemporalContext
 from msc_ar.nova.spatial import SpatialMaskedTransformer
 from msc_ar.nova.temporal import ScaleShiftLayer, TemporalKVCache, TemporalTransformer, block_causal_mask
 from msc_ar.nova.text_encoder import ByteTextEncoder, HFTextEncoder, TextEncoder
@@ -30,6 +30,7 @@ __all__ = [
     "NovaConfig",
     "ScaleShiftLayer",
     "SpatialMaskedTransformer",
+    "TemporalContext",
     "TemporalKVCache",
     "TemporalTransformer",
     "TextEncoder",

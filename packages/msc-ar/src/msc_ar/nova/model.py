@@ -92,8 +92,8 @@ def _pad_keys(x: torch.Tensor, valid: torch.Tensor, length: int) -> tuple[torch.
 # temporal context of one generation
 
 
-class _TemporalContext:
-    """Features `h_n` predicting frame `n`, from the frames generated so far.
+class TemporalContext:
+    """Features `h_n` predicting frame `n`, from the frames generated so far (one generation).
 
     A window of `window` slots (BOV + `window - 1` frames) is what the model saw in
     training. Frame `n < window` is predicted at slot `n` from frames `0..n-1`. Past the
@@ -444,6 +444,10 @@ class NOVA(nn.Module):
         `request.scheduler.window` the temporal window in slots (default
         `config.num_frames`). Prefix frames are yielded as given.
         """
+        if request.class_label is not None:
+            raise ValueError("NOVA is conditioned on text, not class labels: pass `prompt` instead of `class_label`")
+        if request.scheduler.offset is not None:
+            raise ValueError("scheduler.offset is an AR-Diffusion setting; NOVA reads temperature and window only")
         captions, B = self._request_captions(request)
         grid = self._request_grid(request)
         prefix_tokens = None
@@ -469,7 +473,7 @@ class NOVA(nn.Module):
             length = max(prefix.shape[1], null.shape[1])
             (prefix, valid), (null, null_valid) = _pad_keys(prefix, valid, length), _pad_keys(null, null_valid, length)
             prefix, valid = torch.cat([prefix, null]), torch.cat([valid, null_valid])
-        context = _TemporalContext(self, prefix, valid, grid, window, use_cache)
+        context = TemporalContext(self, prefix, valid, grid, window, use_cache)
 
         frames: list[torch.Tensor] = []  # as fed to the temporal model (doubled when guided)
         anchor = None
