@@ -76,7 +76,9 @@ class NovaConfig(Config):
             if self.tokens_per_frame is None:
                 raise ValueError("layout='tokens' needs tokens_per_frame (L of the [B, T, L, D] latents)")
             if self.patch_size != 1:
-                raise ValueError(f"layout='tokens' takes tokens as they are: patch_size must be 1, got {self.patch_size}")
+                raise ValueError(
+                    f"layout='tokens' takes tokens as they are: patch_size must be 1, got {self.patch_size}"
+                )
         else:
             if self.tokens_per_frame is not None:
                 raise ValueError("tokens_per_frame only applies to layout='tokens'")

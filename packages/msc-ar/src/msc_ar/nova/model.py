@@ -119,7 +119,9 @@ class TemporalContext:
         Call it for n = 0, 1, 2, ... in order: the cache holds what earlier calls fed.
         """
         if n != self.next_frame or len(frames) != n:
-            raise ValueError(f"expected frame {self.next_frame} with {self.next_frame} earlier frames, got {n}, {len(frames)}")
+            raise ValueError(
+                f"expected frame {self.next_frame} with {self.next_frame} earlier frames, got {n} and {len(frames)}"
+            )
         self.next_frame += 1
         first = max(0, n - self.window + 1)
         context = list(frames[first:n])  # fed at slots 1..len(context)
@@ -242,7 +244,10 @@ class NOVA(nn.Module):
             given = text_features if text_features is not None else text_tokens
             if given.shape[0] != B:
                 raise ValueError(f"text for {given.shape[0]} samples, batch has {B}")
-            mask = text_mask.bool() if text_mask is not None else torch.ones(given.shape[:2], dtype=torch.bool, device=device)
+            if text_mask is None:
+                mask = torch.ones(given.shape[:2], dtype=torch.bool, device=device)
+            else:
+                mask = text_mask.bool().to(device)
             feats = text_features if text_features is not None else self.text_encoder.encode_tokens(text_tokens, mask)
         elif captions is not None:
             if len(captions) != B:
@@ -396,11 +401,12 @@ class NOVA(nn.Module):
         mask = torch.ones(B, L, dtype=torch.bool, device=self.device)
         orders = random_orders(B, L, self.device, generator)
         cond = indicator if indicator_uncond is None else torch.cat([indicator, indicator_uncond])
+        doubled = indicator_uncond is not None
         for masked_after in counts:
-            doubled = indicator_uncond is not None
-            z = self.spatial(
-                torch.cat([tokens, tokens]) if doubled else tokens, torch.cat([mask, mask]) if doubled else mask, cond, pos
-            )  # (B or 2B, L, D)
+            if doubled:  # both branches see the same revealed tokens
+                z = self.spatial(torch.cat([tokens, tokens]), torch.cat([mask, mask]), cond, pos)  # (2B, L, D)
+            else:
+                z = self.spatial(tokens, mask, cond, pos)  # (B, L, D)
             next_mask = mask_from_order(orders, masked_after)
             to_predict = mask & ~next_mask
             z_uncond = z[B:][to_predict] if doubled else None

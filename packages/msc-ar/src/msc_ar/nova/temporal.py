@@ -60,7 +60,9 @@ class TemporalKVCache:
         """Keep the first `num_tokens` keys (e.g. drop every frame, keep text + motion + BOV)."""
         if not 0 <= num_tokens <= self.num_tokens:
             raise ValueError(f"cannot truncate a cache of {self.num_tokens} tokens to {num_tokens}")
-        self.layers = [None if kv is None else (kv[0][:, :, :num_tokens], kv[1][:, :, :num_tokens]) for kv in self.layers]
+        self.layers = [
+            None if kv is None else (kv[0][:, :, :num_tokens], kv[1][:, :, :num_tokens]) for kv in self.layers
+        ]
         self.key_blocks = self.key_blocks[:num_tokens]
         self.key_valid = self.key_valid[:, :num_tokens]
 

@@ -71,7 +71,9 @@ class ByteTextEncoder(nn.Module):
     def dim(self) -> int:
         return self._dim
 
-    def tokenize(self, captions: Sequence[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(
+        self, captions: Sequence[str], device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """UTF-8 bytes after a BOS token, truncated to `max_length`, right-padded to the longest."""
         _check_captions(captions)
         rows = [[self.BOS, *c.encode("utf-8")][: self.max_length] for c in captions]
@@ -86,7 +88,9 @@ class ByteTextEncoder(nn.Module):
         if tokens.dtype != torch.long or tokens.dim() != 2:
             raise ValueError(f"text tokens must be a (B, N) long tensor, got {tuple(tokens.shape)} {tokens.dtype}")
         if int(tokens.min()) < 0 or int(tokens.max()) >= self.VOCAB:
-            raise ValueError(f"byte text tokens must lie in 0..{self.VOCAB - 1}, got {int(tokens.min())}..{int(tokens.max())}")
+            raise ValueError(
+                f"byte text tokens must lie in 0..{self.VOCAB - 1}, got {int(tokens.min())}..{int(tokens.max())}"
+            )
         if not bool(mask.any(dim=1).all()):
             raise ValueError("every caption needs at least one real token (the BOS token)")
         pos = timestep_embedding(torch.arange(tokens.shape[1], device=tokens.device), self._dim)  # (N, dim)
@@ -133,7 +137,9 @@ class HFTextEncoder:
     def dim(self) -> int:
         return self._dim
 
-    def tokenize(self, captions: Sequence[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def tokenize(
+        self, captions: Sequence[str], device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_captions(captions)
         out = self.tokenizer(
             list(captions), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
