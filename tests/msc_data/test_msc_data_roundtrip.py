@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from msc_data import ClipBuildConfig, MovingMNISTConfig, VideoClipDataset, build_shards, render_moving_mnist
+from msc_data import (
+    ClipBuildConfig,
+    MovingMNISTConfig,
+    SampleVideoClips,
+    VideoClipDataset,
+    build_shards,
+    render_moving_mnist,
+)
 from msc_data.clip_format import read_clip_sample
 from msc_data.manifest import ClipManifest
 from msc_data.motion import motion_score
@@ -197,13 +204,20 @@ def test_motion_score_is_higher_for_moving_digits_than_static(shards: tuple[Path
     assert min(moving) > 10 * max(max(static), 0.01)
 
 
-def test_named_source_sample_videos_uses_builtin_captions(tmp_path: Path) -> None:
-    config = ClipBuildConfig(frames=FRAMES, stride=16, size=SIZE, fps=FPS, max_clips_per_video=2)
+def test_named_source_sample_videos_equals_the_in_memory_dataset(tmp_path: Path) -> None:
+    config = ClipBuildConfig(frames=FRAMES, stride=16, size=SIZE, fps=FPS)
     manifest = build_shards("sample-videos", tmp_path, config, progress=False)
     assert [s.source_id for s in manifest.sources] == [f"sample-videos/{n}" for n in sorted(CAPTIONS)]
-    assert manifest.num_clips == 6
-    captions = {s["caption"] for s in VideoClipDataset(tmp_path)}
-    assert "a man in a suit talks in the back seat of a moving car" in captions
+    assert [s.num_clips for s in manifest.sources] == [3, 5, 2]  # 43, 80 and 33 frames at 8 fps
+    in_memory = SampleVideoClips(frames=FRAMES, size=SIZE, fps=FPS, stride=16)
+    by_start = {(c["source"], c["start_frame"]): c for c in in_memory}
+    assert len(in_memory) == manifest.num_clips == 10
+    for sample in VideoClipDataset(tmp_path):
+        clip = by_start[(sample["source"], sample["start_frame"])]
+        torch.testing.assert_close(sample["video"], clip["video"], rtol=0, atol=0)
+        assert (sample["caption"], sample["fps"], sample["motion"]) == (clip["caption"], clip["fps"], clip["motion"])
+    assert by_start[("sample-videos/carphone_pristine.mp4", 0)]["caption"] == \
+        "a man in a suit talks in the back seat of a moving car"
 
 
 def test_rebuild_skips_finished_shards_and_resumes_an_interrupted_build(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 - `build_shards` / `msc-data build`: videos or bundled sources -> webdataset clip shards.
 - `VideoClipDataset`: clip shards -> `[3, T, H, W]` clips in `[-1, 1]`, split by node/worker.
-- `MovingMNIST`: on-the-fly moving-MNIST clips from real bundled digits.
+- `MovingMNIST`: on-the-fly moving-MNIST clips from real bundled digits;
+  `SampleVideoClips`: the bundled natural sample videos as in-memory clips.
 - `encode_shards` / `msc-data encode`, `LatentClipDataset`: the latent cache.
 - `msc_data.metrics`: PSNR, SSIM, motion statistics, Fréchet distance.
 """
@@ -12,7 +13,7 @@ from msc_data.latent_cache import LatentClipDataset, encode_shards
 from msc_data.manifest import ClipBuildConfig, ClipManifest, LatentManifest, load_manifest
 from msc_data.moving_mnist import MovingMNIST, MovingMNISTConfig, load_mnist_digits, render_moving_mnist
 from msc_data.package_data import MissingExtraError
-from msc_data.sample_videos import sample_video_paths
+from msc_data.sample_videos import SampleVideoClips, sample_video_paths
 from msc_data.shard_stream import ShardStreamDataset, SkipCounter
 from msc_data.shard_writer import build_shards
 from msc_data.tokenizer_registry import load_tokenizer, register_tokenizer
@@ -25,6 +26,7 @@ __all__ = [
     "MissingExtraError",
     "MovingMNIST",
     "MovingMNISTConfig",
+    "SampleVideoClips",
     "ShardStreamDataset",
     "SkipCounter",
     "VideoClipDataset",

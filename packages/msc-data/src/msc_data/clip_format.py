@@ -21,7 +21,7 @@ import io
 import json
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -34,6 +34,19 @@ META_MEMBER = "json"
 
 class CorruptSampleError(ValueError):
     """A shard sample is incomplete or its bytes do not decode to what its metadata says."""
+
+
+def parse_json_record(data: bytes, fields: Mapping[str, Callable[[Any], Any]], what: str) -> dict[str, Any]:
+    """`{name: convert(value)}` of a JSON object's fields; CorruptSampleError when anything is off."""
+    try:
+        raw = json.loads(data.decode("utf-8"))
+        return {name: convert(raw[name]) for name, convert in fields.items()}
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CorruptSampleError(f"{what} is not valid ({type(err).__name__}: {err})") from None
+
+
+def int_tuple(values: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -54,20 +67,9 @@ class ClipMeta:
 
     @classmethod
     def from_json(cls, data: bytes) -> "ClipMeta":
-        try:
-            raw = json.loads(data.decode("utf-8"))
-            meta = cls(
-                source=str(raw["source"]),
-                caption=str(raw["caption"]),
-                fps=float(raw["fps"]),
-                motion=float(raw["motion"]),
-                start_frame=int(raw["start_frame"]),
-                shape=tuple(int(s) for s in raw["shape"]),  # type: ignore[arg-type]
-                format=str(raw["format"]),
-                crc32=int(raw["crc32"]),
-            )
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise CorruptSampleError(f"clip metadata is not valid ({type(err).__name__}: {err})") from None
+        fields = dict(source=str, caption=str, fps=float, motion=float, start_frame=int, shape=int_tuple,
+                      format=str, crc32=int)
+        meta = cls(**parse_json_record(data, fields, "clip metadata"))
         if len(meta.shape) != 4 or meta.format not in CLIP_FORMATS:
             raise CorruptSampleError(f"clip metadata has shape {meta.shape} / format {meta.format!r}")
         return meta

@@ -30,7 +30,7 @@ from webdataset import TarWriter
 
 from msc_core.interfaces import Tokenizer
 from msc_core.runtime import resolve_device
-from msc_data.clip_format import ClipMeta, CorruptSampleError, read_clip_sample
+from msc_data.clip_format import ClipMeta, CorruptSampleError, int_tuple, parse_json_record, read_clip_sample
 from msc_data.manifest import (
     LATENT_SHARD_PATTERN,
     MANIFEST_NAME,
@@ -74,15 +74,9 @@ class LatentMeta:
 
     @classmethod
     def from_json(cls, data: bytes) -> "LatentMeta":
-        try:
-            raw = json.loads(data.decode("utf-8"))
-            return cls(
-                source=str(raw["source"]), caption=str(raw["caption"]), fps=float(raw["fps"]),
-                motion=float(raw["motion"]), start_frame=int(raw["start_frame"]),
-                shape=tuple(int(s) for s in raw["shape"]), dtype=str(raw["dtype"]), crc32=int(raw["crc32"]),
-            )
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise CorruptSampleError(f"latent metadata is not valid ({type(err).__name__}: {err})") from None
+        fields = dict(source=str, caption=str, fps=float, motion=float, start_frame=int, shape=int_tuple,
+                      dtype=str, crc32=int)
+        return cls(**parse_json_record(data, fields, "latent metadata"))
 
 
 def _latent_sample(key: str, latents: np.ndarray, meta: ClipMeta) -> dict[str, Any]:

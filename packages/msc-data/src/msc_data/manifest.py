@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from msc_core.checkpoint import atomic_write_text
 from msc_core.config import Config, ConfigError
 from msc_core.interfaces import LatentSpec
-from msc_data.clip_format import CLIP_FORMATS, ClipFormat
+from msc_data.clip_format import ClipFormat
 from msc_data.motion import MotionMethod
 from msc_data.moving_mnist import MovingMNISTConfig
 
@@ -152,16 +152,22 @@ def manifest_path(location: str | Path) -> Path:
     return location if location.suffix == ".json" else location / MANIFEST_NAME
 
 
-def load_manifest(location: str | Path) -> Manifest:
-    """A clip or latent manifest from a `manifest.json` path or the directory holding it."""
-    path = manifest_path(location)
+def read_json_with_kind(path: Path, missing: str) -> tuple[Any, str | None]:
+    """A JSON file and its top-level `kind` string (None when absent); `missing` explains a missing file."""
     if not path.is_file():
-        raise FileNotFoundError(f"no shard manifest at {path} (expected a manifest.json written by msc-data)")
+        raise FileNotFoundError(missing)
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     kind = data.get("kind") if isinstance(data, dict) else None
+    return data, kind if isinstance(kind, str) else None
+
+
+def load_manifest(location: str | Path) -> Manifest:
+    """A clip or latent manifest from a `manifest.json` path or the directory holding it."""
+    path = manifest_path(location)
+    data, kind = read_json_with_kind(path, f"no shard manifest at {path} (expected a manifest.json written by msc-data)")
     if kind == "clips":
         return ClipManifest.from_dict(data)
     if kind == "latents":
@@ -187,7 +193,6 @@ def verified_shard_prefix(shards: list[ShardInfo], directory: Path) -> list[Shar
 
 
 __all__ = [
-    "CLIP_FORMATS",
     "ClipBuildConfig",
     "ClipManifest",
     "LatentManifest",

@@ -41,7 +41,8 @@ from msc_data.manifest import (
     shard_info,
     verified_shard_prefix,
 )
-from msc_data.motion import FlowMagnitude, motion_score, to_gray
+from msc_data.clip_cutting import ClipCutter
+from msc_data.motion import motion_score
 from msc_data.moving_mnist import render_moving_mnist
 from msc_data.sample_videos import sample_video_caption, sample_video_paths
 from msc_data.video_io import VIDEO_EXTENSIONS, VideoDecodeError, iter_video_frames, native_frame_rate
@@ -188,58 +189,32 @@ def _clip_sample(item: _Item, clip_index: int, frames: Any, caption: str, fps: f
 def _video_task(task: _Task, config: ClipBuildConfig) -> _TaskResult:
     item = task.item
     result = _TaskResult(item.index)
-    T = config.frames
+    cutter = ClipCutter(config.frames, config.stride, config.motion_method, config.max_clips_per_video)
     try:
         caption = _read_caption(item)
         native = native_frame_rate(item.path)
         fps = config.fps or native
         if fps is None:
             raise VideoDecodeError(f"{item.path}: the stream has no frame rate; pass an explicit fps")
-        flow = FlowMagnitude(config.motion_method)
-        window: list[np.ndarray] = []  # the last T frames (T, H, W, 3) and their gray versions
-        gray: list[np.ndarray] = []
-        # Flow magnitude of the pair (n - 1, n), keyed by n: overlapping clips (stride < frames)
-        # share pairs, and the clip's score is the mean over its pairs, exactly motion_score(clip).
-        pair_motion: dict[int, float] = {}
-        num_frames = num_clips = 0
-        for frame in iter_video_frames(item.path, config.fps, config.size):
-            window.append(frame)
-            gray.append(to_gray(frame[None])[0])
-            if len(window) > T:
-                window.pop(0)
-                gray.pop(0)
-            num_frames += 1
-            start = num_frames - T
-            if start < 0 or start % config.stride:
-                continue
-            clip_index = start // config.stride
-            num_clips += 1
-            if clip_index >= task.start_clip:
-                for n in range(start + 1, start + T):
-                    if n not in pair_motion:
-                        pair_motion[n] = flow(gray[n - 1 - start], gray[n - start])
-                motion = float(np.array([pair_motion[n] for n in range(start + 1, start + T)]).mean())
-                frames = np.stack(window)  # (T, H, W, 3)
-                result.samples.append(_clip_sample(item, clip_index, frames, caption, fps, start, motion, config))
-                result.clip_indices.append(clip_index)
-                for n in [n for n in pair_motion if n <= start + config.stride]:
-                    del pair_motion[n]
-            if config.max_clips_per_video is not None and num_clips >= config.max_clips_per_video:
-                break
+        for clip in cutter.cut(iter_video_frames(item.path, config.fps, config.size), task.start_clip):
+            result.samples.append(
+                _clip_sample(item, clip.index, clip.frames, caption, fps, clip.start_frame, clip.motion, config)
+            )
+            result.clip_indices.append(clip.index)
     except (VideoDecodeError, ValueError) as err:
         result.samples.clear()
         result.clip_indices.clear()
         result.skipped = SkippedFile(path=item.path, reason=str(err).removeprefix(f"{item.path}: "))
         return result
-    if num_clips == 0:
+    if cutter.num_clips == 0:
         result.skipped = SkippedFile(
             path=item.path,
-            reason=f"too short: {num_frames} frames at {fps:g} fps, a clip needs {config.frames}",
+            reason=f"too short: {cutter.num_frames} frames at {fps:g} fps, a clip needs {config.frames}",
         )
         return result
     result.entry = SourceEntry(
-        index=item.index, path=item.path, source_id=item.source_id, num_clips=num_clips,
-        num_frames=num_frames, native_fps=native, caption=caption,
+        index=item.index, path=item.path, source_id=item.source_id, num_clips=cutter.num_clips,
+        num_frames=cutter.num_frames, native_fps=native, caption=caption,
     )
     return result
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 
 from msc_core.checkpoint import CONFIG_NAME, from_pretrained
 from msc_core.interfaces import Tokenizer
+from msc_data.manifest import read_json_with_kind
 
 ENTRY_POINT_GROUP = "msc.tokenizers"
 _REGISTRY: dict[str, type | str] = {}
@@ -101,14 +101,8 @@ def class_path(cls: type) -> str:
 def read_tokenizer_kind(directory: str | Path) -> str | None:
     """The `kind` field of `directory/config.json` (None when it has none)."""
     path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {directory} is not a saved tokenizer (save_pretrained) directory")
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    kind = config.get("kind") if isinstance(config, dict) else None
-    return kind if isinstance(kind, str) else None
+    missing = f"{path} not found: {directory} is not a saved tokenizer (save_pretrained) directory"
+    return read_json_with_kind(path, missing)[1]
 
 
 def load_tokenizer(
