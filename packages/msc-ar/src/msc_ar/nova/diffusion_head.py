@@ -30,8 +30,8 @@ from msc_core.diffusion import (
     ddpm_step,
     make_alphas_cumprod,
     q_sample,
-    timestep_embedding,
 )
+from msc_core.transformer import TimestepEmbedder
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -53,10 +53,9 @@ class AdaLNResidualBlock(nn.Module):
 class AdaLNResidualMLP(nn.Module):
     """`eps_theta(x_t | t, z)`: `(N, Dt)`, `(N,)`, `(N, Dz)` -> `(N, Dt)`."""
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, frequency_dim: int = 256) -> None:
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int) -> None:
         super().__init__()
-        self.frequency_dim = frequency_dim
-        self.time_embed = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.time_embed = TimestepEmbedder(width)  # DiT's sinusoid + MLP
         self.cond_embed = nn.Linear(cond_dim, width)
         self.input_proj = nn.Linear(token_dim, width)
         self.blocks = nn.ModuleList(AdaLNResidualBlock(width) for _ in range(depth))
@@ -70,7 +69,7 @@ class AdaLNResidualMLP(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        for layer in (self.time_embed[0], self.time_embed[2]):
+        for layer in (self.time_embed.mlp[0], self.time_embed.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
         # adaLN-Zero: every block starts as the identity and the output at 0.
         for block in self.blocks:
@@ -81,8 +80,7 @@ class AdaLNResidualMLP(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        t_freq = timestep_embedding(t, self.frequency_dim).to(x_t.dtype)
-        y = self.time_embed(t_freq) + self.cond_embed(z)  # (N, width)
+        y = self.time_embed(t) + self.cond_embed(z)  # (N, width)
         x = self.input_proj(x_t)
         for block in self.blocks:
             x = block(x, y)

@@ -17,8 +17,9 @@ image-to-video and video continuation (prefill the given frames), and generation
 the training length by shifting the frame window behind the text and BOV (the anchor
 and the cached text/BOV keys stay, the frames slide and are re-fed at the trained slots).
 
-Sections: pure functions (tokens <-> frames, positions) / context of one generation /
-model.
+Patchify and the 2-D sine-cosine positions are `msc_core.transformer`'s (DiT's).
+
+Sections: helpers / temporal context of one generation / model.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from msc_core.diffusion import timestep_embedding
-from msc_core.interfaces import GenerationRequest, num_patches
+from msc_core.interfaces import GenerationRequest
+from msc_core.transformer import frame_index_embedding, patchify, spatial_sincos_embedding, unpatchify
 
 from msc_ar.nova.config import NovaConfig
 from msc_ar.nova.diffusion_head import DiffusionHead
@@ -49,32 +50,7 @@ from msc_ar.nova.text_encoder import ByteTextEncoder, HFTextEncoder, TextEncoder
 Grid = tuple[int, int]
 
 # -----------------------------------------------------------------------------
-# pure functions
-
-
-def grid_to_tokens(frames: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, Grid]:
-    """`(B, C, T, H, W)` -> tokens `(B, T, h*w, p*p*C)` in row-major patch order, and `(h, w)`."""
-    B, C, T, H, W = frames.shape
-    p = patch_size
-    h, w = num_patches(H, p, "frame height"), num_patches(W, p, "frame width")
-    x = frames.reshape(B, C, T, h, p, w, p).permute(0, 2, 3, 5, 4, 6, 1)  # (B, T, h, w, p, p, C)
-    return x.reshape(B, T, h * w, p * p * C), (h, w)
-
-
-def tokens_to_grid(tokens: torch.Tensor, grid: Grid, patch_size: int, channels: int) -> torch.Tensor:
-    """Inverse of `grid_to_tokens`: `(B, T, h*w, p*p*C)` -> `(B, C, T, h*p, w*p)`."""
-    B, T = tokens.shape[:2]
-    (h, w), p = grid, patch_size
-    x = tokens.reshape(B, T, h, w, p, p, channels).permute(0, 6, 1, 2, 4, 3, 5)  # (B, C, T, h, p, w, p)
-    return x.reshape(B, channels, T, h * p, w * p)
-
-
-def grid_sincos_embedding(grid: Grid, dim: int, device: torch.device) -> torch.Tensor:
-    """2-D sine-cosine position embedding `(h*w, dim)`: half the channels rows, half columns."""
-    h, w = grid
-    rows = timestep_embedding(torch.arange(h, device=device), dim // 2)  # (h, dim/2)
-    cols = timestep_embedding(torch.arange(w, device=device), dim - dim // 2)  # (w, dim - dim/2)
-    return torch.cat([rows[:, None].expand(h, w, -1), cols[None, :].expand(h, w, -1)], dim=-1).reshape(h * w, dim)
+# helpers
 
 
 def _pad_keys(x: torch.Tensor, valid: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +185,8 @@ class NOVA(nn.Module):
                 raise ValueError(
                     f"{what} must be [B, {c.in_channels}, T, H, W] (layout='grid'), got {tuple(frames.shape)}"
                 )
-            return grid_to_tokens(frames, c.patch_size)
+            tokens = patchify(frames, c.patch_size)  # (B, T, h, w, p*p*C)
+            return tokens.flatten(2, 3), tuple(tokens.shape[2:4])
         if frames.dim() != 4 or frames.shape[3] != c.in_channels:
             raise ValueError(f"{what} must be [B, T, L, {c.in_channels}] (layout='tokens'), got {tuple(frames.shape)}")
         return frames, (1, frames.shape[2])
@@ -217,7 +194,7 @@ class NOVA(nn.Module):
     def from_tokens(self, tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
         c = self.config
         if c.layout == "grid":
-            return tokens_to_grid(tokens, grid, c.patch_size, c.in_channels)
+            return unpatchify(tokens.unflatten(2, grid), c.patch_size, c.in_channels)
         return tokens
 
     # conditions --------------------------------------------------------------
@@ -285,7 +262,8 @@ class NOVA(nn.Module):
 
     def positions(self, grid: Grid) -> torch.Tensor:
         """2-D sine-cosine embedding `(L, D)` of a frame's token grid, any size (extrapolates)."""
-        return grid_sincos_embedding(grid, self.config.dim, self.device).to(self.bov.dtype)
+        pos = spatial_sincos_embedding(*grid, self.config.dim, self.device)  # (h, w, D)
+        return pos.flatten(0, 1).to(self.bov.dtype)
 
     def temporal_features(
         self,
@@ -308,7 +286,7 @@ class NOVA(nn.Module):
         parts, blocks, valid = [], [], []
         if prefix is not None:
             B = prefix.shape[0]
-            bov = self.bov.expand(B, 1, L, D) + pos + timestep_embedding(torch.zeros(1, device=device), D).to(dtype)
+            bov = self.bov.expand(B, 1, L, D) + pos + frame_index_embedding(0, 1, D, device).to(dtype)
             parts += [prefix, self.frame_norm(bov).flatten(1, 2)]
             blocks += [torch.zeros(prefix.shape[1], dtype=torch.long, device=device),
                        torch.ones(L, dtype=torch.long, device=device)]
@@ -316,7 +294,7 @@ class NOVA(nn.Module):
         if frames is not None:
             B, F = frames.shape[:2]
             slots = torch.arange(first_slot, first_slot + F, device=device)
-            time = timestep_embedding(slots, D).to(dtype)[None, :, None]  # (1, F, 1, D)
+            time = frame_index_embedding(first_slot, F, D, device).to(dtype)[None, :, None]  # (1, F, 1, D)
             x = self.frame_norm(self.frame_embed(frames) + pos + time)  # (B, F, L, D)
             parts.append(x.flatten(1, 2))
             blocks.append((slots + 1).repeat_interleave(L))
