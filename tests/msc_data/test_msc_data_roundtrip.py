@@ -249,3 +249,41 @@ def test_rebuild_skips_finished_shards_and_resumes_an_interrupted_build(tmp_path
     # Other settings into the same directory: a clear error, nothing overwritten.
     with pytest.raises(ValueError, match="other settings"):
         build_shards("moving-mnist", out, config.replace(seed=2), progress=False)
+
+
+def test_rank_comes_from_the_environment_like_torchrun_and_ray_train(shards, monkeypatch) -> None:
+    out, manifest = shards
+    keys = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        ds = VideoClipDataset(out)
+        assert (ds.rank, ds.world_size) == (rank, 2)
+        keys.append({s["key"] for s in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)})
+    assert not keys[0] & keys[1] and sorted(keys[0] | keys[1]) == expected_keys(manifest)
+
+
+def _read_keys_in_process_group(rank: int, world_size: int, init_file: str, shard_dir: str, result_dir: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        for name in ("RANK", "WORLD_SIZE"):  # only the process group may tell the rank here
+            os.environ.pop(name, None)
+        ds = VideoClipDataset(shard_dir, batch_size=2)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+        keys = [k for batch in loader for k in batch["key"]]
+        Path(result_dir, f"rank{rank}.json").write_text(json.dumps({"rank": ds.rank, "world": ds.world_size, "keys": keys}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_rank_comes_from_an_initialised_process_group(shards, tmp_path: Path) -> None:
+    out, manifest = shards
+    torch.multiprocessing.start_processes(
+        _read_keys_in_process_group, args=(2, str(tmp_path / "init"), str(out), str(tmp_path)), nprocs=2,
+        start_method="spawn",
+    )
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)]
+    keys = results[0]["keys"] + results[1]["keys"]
+    assert len(keys) == len(set(keys)) and sorted(keys) == expected_keys(manifest)
