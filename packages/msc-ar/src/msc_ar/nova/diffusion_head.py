@@ -31,7 +31,7 @@ from msc_core.diffusion import (
     make_alphas_cumprod,
     q_sample,
 )
-from msc_core.transformer import TimestepEmbedder
+from msc_core.transformer import TimestepEmbedder, initialize_dit_weights
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -43,11 +43,25 @@ class AdaLNResidualBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.modulation(y).chunk(3, dim=-1)
+        shift, scale, gate = self.adaLN_modulation(y).chunk(3, dim=-1)
         return x + gate * self.mlp(modulate(self.norm(x), shift, scale))
+
+
+class TokenFinalLayer(nn.Module):
+    """adaLN + linear back to the token's channels, per token `(N, width)` (DiT's final layer)."""
+
+    def __init__(self, width: int, token_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(width, token_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(y).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
 
 
 class AdaLNResidualMLP(nn.Module):
@@ -55,37 +69,20 @@ class AdaLNResidualMLP(nn.Module):
 
     def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int) -> None:
         super().__init__()
-        self.time_embed = TimestepEmbedder(width)  # DiT's sinusoid + MLP
+        self.t_embedder = TimestepEmbedder(width)  # DiT's sinusoid + MLP
         self.cond_embed = nn.Linear(cond_dim, width)
         self.input_proj = nn.Linear(token_dim, width)
         self.blocks = nn.ModuleList(AdaLNResidualBlock(width) for _ in range(depth))
-        self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.final_linear = nn.Linear(width, token_dim)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-        for layer in (self.time_embed.mlp[0], self.time_embed.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        # adaLN-Zero: every block starts as the identity and the output at 0.
-        for block in self.blocks:
-            nn.init.zeros_(block.modulation[-1].weight)
-            nn.init.zeros_(block.modulation[-1].bias)
-        for layer in (self.final_modulation[-1], self.final_linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        self.final_layer = TokenFinalLayer(width, token_dim)
+        # adaLN-Zero: every block starts as the identity and the output at 0 (eps = 0).
+        initialize_dit_weights(self)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = self.time_embed(t) + self.cond_embed(z)  # (N, width)
+        y = self.t_embedder(t) + self.cond_embed(z)  # (N, width)
         x = self.input_proj(x_t)
         for block in self.blocks:
             x = block(x, y)
-        shift, scale = self.final_modulation(y).chunk(2, dim=-1)
-        return self.final_linear(modulate(self.final_norm(x), shift, scale))
+        return self.final_layer(x, y)
 
 
 class DiffusionHead(nn.Module):
