@@ -120,6 +120,11 @@ def resolve_shards(source: ShardSource) -> list[ShardRef]:
         text = str(source)
         as_path = Path(text)
         if text.endswith(".json") or as_path.is_dir():
+            if as_path.is_dir() and not manifest_path(as_path).is_file():
+                raise FileNotFoundError(
+                    f"{as_path} has no manifest.json; pass its shards as a list or brace pattern "
+                    f"(e.g. '{as_path}/clips-{{000000..000009}}.tar') to read them without one"
+                )
             manifest = load_manifest(as_path)
             base = manifest_path(as_path).parent
             if not manifest.shards:

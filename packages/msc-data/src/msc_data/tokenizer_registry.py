@@ -11,7 +11,7 @@ for that kind is found, in this order:
    tokenizers declares, in its pyproject.toml,
 
        [project.entry-points."msc.tokenizers"]
-       causal-vae-3d = "msc_tokenizers.causal_vae:CausalVAE3D"
+       vae3d = "msc_tokenizers.causal_vae3d:CausalVAE3D"
 
    (entry-point name = the config's `kind`, value = `module:Class`).
 
