@@ -9,15 +9,6 @@ from torch import nn
 from msc_ar.nova.diffusion_head import DiffusionHead
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls: one thread avoids oversubscribing the shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class OracleEps(nn.Module):
     """eps of x_t for the clean token given as the condition: the exact denoiser."""
 

@@ -13,14 +13,6 @@ from msc_core.testing import assert_state_dicts_equal
 from msc_ar.nova import NOVA, HFTextEncoder, NovaConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomize_zero_inits(model: NOVA) -> NOVA:
     """Give the zero-initialised parts (S&S MLP, diffusion head outputs) weights, so that
     generation depends on the conditions and frames (an untrained head outputs eps = 0)."""

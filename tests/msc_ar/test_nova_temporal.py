@@ -14,14 +14,6 @@ GRID = (4, 4)  # tiny preset: 8x8 frames, 2x2 patches
 L, TOKEN_DIM = 16, 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model() -> NOVA:
     torch.manual_seed(0)
