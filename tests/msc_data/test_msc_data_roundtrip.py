@@ -251,6 +251,32 @@ def test_rebuild_skips_finished_shards_and_resumes_an_interrupted_build(tmp_path
         build_shards("moving-mnist", out, config.replace(seed=2), progress=False)
 
 
+def test_an_interrupted_build_resumes_to_the_same_shards(tmp_path: Path, monkeypatch) -> None:
+    from msc_data import shard_writer
+
+    config = ClipBuildConfig(frames=4, size=32, num_clips=20, shard_max_clips=6)
+    reference = build_shards("moving-mnist", tmp_path / "ref", config, progress=False)
+    monkeypatch.setattr(shard_writer, "MNIST_CHUNK", 4)
+    real_run_tasks = shard_writer._run_tasks
+
+    def interrupted_after_4_tasks(*args, **kwargs):
+        for i, result in enumerate(real_run_tasks(*args, **kwargs)):
+            if i == 4:
+                raise KeyboardInterrupt
+            yield result
+
+    monkeypatch.setattr(shard_writer, "_run_tasks", interrupted_after_4_tasks)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards("moving-mnist", tmp_path / "out", config, progress=False)
+    partial = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert not partial["complete"] and [s["num_samples"] for s in partial["shards"]] == [6, 6]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tar")) == ["clips-000000.tar", "clips-000001.tar"]
+    monkeypatch.setattr(shard_writer, "_run_tasks", real_run_tasks)
+    resumed = build_shards("moving-mnist", tmp_path / "out", config, progress=False)
+    assert [s.sha256 for s in resumed.shards] == [s.sha256 for s in reference.shards]
+    assert resumed == reference
+
+
 def test_rank_comes_from_the_environment_like_torchrun_and_ray_train(shards, monkeypatch) -> None:
     out, manifest = shards
     keys = []

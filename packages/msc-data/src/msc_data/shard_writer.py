@@ -338,7 +338,8 @@ def build_shards(
     cursor = finished[-1].end if finished and finished[-1].end is not None else (0, 0)
     kept_sources = [s for s in (previous.sources if previous else []) if s.index < cursor[0]]
     kept_skipped = [s for s in (previous.skipped if previous else []) if s not in listing_skipped]
-    kept_skipped = [s for s in kept_skipped if _item_index(items, s.path) < cursor[0]]
+    index_of = {item.path: item.index for item in items}
+    kept_skipped = [s for s in kept_skipped if index_of.get(s.path, -1) < cursor[0]]
     if source_str == "moving-mnist":  # one source entry for the whole generated stream
         mm = config.moving_mnist_config()
         kept_sources = [SourceEntry(
@@ -362,6 +363,9 @@ def build_shards(
                 state.written(result.item_index, clip_index)
             bar.update(1)
             bar.set_postfix(clips=state.total_clips())
+    except BaseException:
+        state.interrupted = True  # the open shard may end in a half-written sample: drop it
+        raise
     finally:
         writer.close()
         bar.close()
@@ -370,10 +374,6 @@ def build_shards(
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in manifest.skipped[:5])
         raise ValueError(f"no clips could be made from {source_str} ({len(manifest.skipped)} file(s) skipped: {reasons})")
     return manifest
-
-
-def _item_index(items: list[_Item], path: str) -> int:
-    return next((item.index for item in items if item.path == path), -1)
 
 
 class _BuildState:
@@ -385,6 +385,7 @@ class _BuildState:
         self.shards, self.sources, self.skipped = shards, sources, skipped
         self.in_shard = 0
         self.last: tuple[int, int] | None = None
+        self.interrupted = False
 
     def add_result(self, result: _TaskResult) -> None:
         if result.entry is not None:
@@ -402,8 +403,10 @@ class _BuildState:
     def shard_done(self, fname: str) -> None:
         """ShardWriter's `post` hook: called when a shard file is closed."""
         path = Path(fname)
-        if self.in_shard == 0:
-            path.unlink(missing_ok=True)  # ShardWriter opens a shard before knowing a clip will come
+        if self.in_shard == 0 or self.interrupted:
+            # Empty: ShardWriter opens a shard before knowing a clip will come. Interrupted: the
+            # shard may end in a half-written sample; the resumed build rewrites it.
+            path.unlink(missing_ok=True)
             return
         self.shards.append(shard_info(path, self.in_shard, self.last))
         self.in_shard = 0
