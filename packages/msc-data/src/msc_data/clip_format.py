@@ -75,9 +75,10 @@ class ClipMeta:
         return meta
 
 
-def _npy_bytes(frames: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The `.npy` file bytes of an array (no pickle)."""
     buffer = io.BytesIO()
-    np.save(buffer, frames, allow_pickle=False)
+    np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -86,10 +87,10 @@ def encode_clip(frames: np.ndarray, clip_format: ClipFormat, fps: float, crf: in
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"clips are uint8 (T, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
     if clip_format == "npy":
-        return _npy_bytes(frames)
+        return npy_bytes(frames)
     if clip_format == "npy.gz":
         # Level 1: ~2.5x smaller than raw on natural video, decodes at ~0.6 ms per 16x64x64 clip.
-        return gzip.compress(_npy_bytes(frames), compresslevel=1, mtime=0)
+        return gzip.compress(npy_bytes(frames), compresslevel=1, mtime=0)
     if clip_format == "mp4":
         return encode_video(frames, fps, crf=crf)
     raise ValueError(f"unknown clip format {clip_format!r}; valid: {', '.join(CLIP_FORMATS)}")

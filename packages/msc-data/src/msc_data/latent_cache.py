@@ -30,7 +30,14 @@ from webdataset import TarWriter
 
 from msc_core.interfaces import Tokenizer
 from msc_core.runtime import resolve_device
-from msc_data.clip_format import ClipMeta, CorruptSampleError, int_tuple, parse_json_record, read_clip_sample
+from msc_data.clip_format import (
+    ClipMeta,
+    CorruptSampleError,
+    int_tuple,
+    npy_bytes,
+    parse_json_record,
+    read_clip_sample,
+)
 from msc_data.manifest import (
     LATENT_SHARD_PATTERN,
     MANIFEST_NAME,
@@ -80,9 +87,7 @@ class LatentMeta:
 
 
 def _latent_sample(key: str, latents: np.ndarray, meta: ClipMeta) -> dict[str, Any]:
-    buffer = io.BytesIO()
-    np.save(buffer, latents, allow_pickle=False)
-    payload = buffer.getvalue()
+    payload = npy_bytes(latents)
     latent_meta = LatentMeta(
         source=meta.source, caption=meta.caption, fps=meta.fps, motion=meta.motion, start_frame=meta.start_frame,
         shape=tuple(int(s) for s in latents.shape), dtype=str(latents.dtype), crc32=zlib.crc32(payload),
