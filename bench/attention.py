@@ -36,7 +36,7 @@ import time
 
 import torch
 
-from msc_core.attention import MSCAttention, MSCAttentionConfig
+from msc_core.attention import MSCAttention, MSCAttentionConfig, resolve_backend
 from msc_core.attention.natten_backend import natten_available
 from msc_core.flops import dense_frame_causal_flops, msc_attention_flops, paper_flops_estimate
 from msc_core.frame_causal_attention import FrameCausalAttention, FrameCausalAttentionConfig
@@ -111,11 +111,7 @@ def timing_worker(variant: str, size: dict, repeats: int, device_name: str) -> d
         forwards.append(step(module, x, noise, grad))
         sync(device)
         totals.append(time.perf_counter() - start)
-    backend = None
-    if variant == "msc":
-        from msc_core.attention import resolve_backend
-
-        backend = resolve_backend(module.config.backend, device, has_past_frames=False)
+    backend = resolve_backend(module.config.backend, device, has_past_frames=False) if variant == "msc" else None
     return {
         "ms": 1000 * statistics.median(totals),
         "forward_ms": 1000 * statistics.median(forwards),
@@ -181,12 +177,12 @@ def in_subprocess(args: list[str], timeout: float) -> dict:
     return json.loads(lines[-1])
 
 
-def compare(size: dict, repeats: dict, device: str, timeout: float) -> dict:
+def compare(size: dict, repeats: dict, device: str, timeout: float, threads: int | None) -> dict:
     results = {}
     for variant in ("dense", "msc"):
         results[variant] = in_subprocess(
             ["--worker", "timing", "--variant", variant, "--size", json.dumps(size),
-             "--repeats", str(repeats[variant]), "--device", device],
+             "--repeats", str(repeats[variant]), "--device", device, *(["--threads", str(threads)] if threads else [])],
             timeout,
         )
     dense, msc = results["dense"], results["msc"]
@@ -211,11 +207,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller CPU size (T=8, 16x16, C=128)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per variant")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads in every worker (default: torch's choice); 1 is steadier on a busy machine")
     parser.add_argument("--worker", choices=["timing", "accuracy"], help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=["dense", "msc"], help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.worker == "timing":
         print(json.dumps(timing_worker(args.variant, json.loads(args.size), args.repeats, args.device)))
@@ -226,7 +226,7 @@ def main() -> None:
 
     size = QUICK if args.quick else FULL
     repeats = {"dense": args.repeats or (3 if args.quick else 2), "msc": args.repeats or 5}
-    result = compare(size, repeats, "cpu", timeout=1800)
+    result = compare(size, repeats, "cpu", timeout=1800, threads=args.threads)
     B, T, H, W, C = 1, size["frames"], size["height"], size["width"], size["dim"]
     msc_flops = msc_attention_flops(msc_config(C, "tiled"), B, T, H, W)
     dense_flops = dense_frame_causal_flops(B, T, H, W, C, LAYER["num_heads"])

@@ -20,13 +20,16 @@ from __future__ import annotations
 import torch
 
 
-def neighborhood_window_start(index: torch.Tensor, length: int, window: int) -> torch.Tensor:
+def neighborhood_window_start(index: torch.Tensor | int, length: int, window: int) -> torch.Tensor | int:
     """First key position of the NATTEN window of each query position along one axis.
 
     The window is centred on the query and shifted inwards at the borders; it spans
-    `min(window, length)` positions.
+    `min(window, length)` positions. Takes a tensor of positions or one int.
     """
-    return (index - window // 2).clamp(min=0, max=max(length - window, 0))
+    start, last = index - window // 2, max(length - window, 0)
+    if isinstance(start, torch.Tensor):
+        return start.clamp(min=0, max=last)
+    return min(max(start, 0), last)
 
 
 def neighborhood_mask_1d(

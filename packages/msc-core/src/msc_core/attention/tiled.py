@@ -59,9 +59,9 @@ def axis_tiles(length: int, window: int, tile: int) -> AxisTiles:
     tile = min(tile, length)
     num_tiles = -(-length // tile)
     halo = min(tile + window_eff - 1, length)
-    first_query = torch.arange(num_tiles) * tile
-    starts = neighborhood_window_start(first_query, length, window).clamp(max=length - halo)
-    return AxisTiles(length, window_eff, tile, num_tiles, halo, tuple(starts.tolist()))
+    # plain ints: the geometry is a function of shapes only, never of traced tensors
+    starts = tuple(min(neighborhood_window_start(a * tile, length, window), length - halo) for a in range(num_tiles))
+    return AxisTiles(length, window_eff, tile, num_tiles, halo, starts)
 
 
 def _query_positions(tiles: AxisTiles, device: torch.device) -> torch.Tensor:
