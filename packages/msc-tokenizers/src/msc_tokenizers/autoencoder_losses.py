@@ -27,11 +27,20 @@ from msc_tokenizers.patch_discriminator import PatchDiscriminator3D, PatchDiscri
 # pure loss functions
 
 
-def gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Normalised 1D Gaussian `[size]`."""
-    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    window = torch.exp(-(coords**2) / (2 * sigma**2))
-    return window / window.sum()
+def gaussian_blur_matrix(size: int, window: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`[size - window + 1, size]` banded matrix: a 1D 'valid' Gaussian filter as a matmul.
+
+    SSIM's separable blur as two matmuls (`G_h @ X @ G_w^T`) is several times faster on
+    CPU than depthwise convolutions.
+    """
+    coords = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    out = size - window + 1
+    matrix = torch.zeros(out, size, dtype=torch.float64)
+    for i in range(out):
+        matrix[i, i:i + window] = g
+    return matrix.to(dtype=dtype, device=device)
 
 
 def frame_ssim(
@@ -45,19 +54,14 @@ def frame_ssim(
     """
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"frame_ssim needs two [N, C, H, W] tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-    size = min(window_size, x.shape[-1], x.shape[-2])
-    channels = x.shape[1]
-    g = gaussian_window(size, sigma, x.dtype, x.device)
-    kernel_h = g.view(1, 1, size, 1).expand(channels, 1, size, 1)
-    kernel_w = g.view(1, 1, 1, size).expand(channels, 1, 1, size)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:  # separable depthwise Gaussian, 'valid'
-        return F.conv2d(F.conv2d(t, kernel_h, groups=channels), kernel_w, groups=channels)
-
+    height, width = x.shape[-2:]
+    window = min(window_size, height, width)
+    blur_h = gaussian_blur_matrix(height, window, sigma, x.dtype, x.device)  # (H', H)
+    blur_w = gaussian_blur_matrix(width, window, sigma, x.dtype, x.device)  # (W', W)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     # One blur over the stacked moments is cheaper than five separate calls.
-    moments = blur(torch.cat([x, y, x * x, y * y, x * y], dim=0))
-    mu_x, mu_y, xx, yy, xy = moments.chunk(5, dim=0)
+    moments = blur_h @ torch.stack([x, y, x * x, y * y, x * y]) @ blur_w.T  # (5, N, C, H', W')
+    mu_x, mu_y, xx, yy, xy = moments.unbind(0)
     var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.flatten(1).mean(dim=1)

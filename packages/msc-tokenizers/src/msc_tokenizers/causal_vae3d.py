@@ -59,6 +59,11 @@ class CausalVAE3DConfig(Config):
     temporal_kernel: int = Field(default=3, ge=1, description="k_t of the causal temporal convolutions")
     norm: Literal["rms", "group"] = "rms"
     norm_groups: int = Field(default=8, ge=1, description="groups of the per-frame GroupNorm")
+    linear_shortcut: bool = Field(
+        default=True,
+        description="learned linear paths patches -> latents -> patches beside the deep paths "
+        "(a residual autoencoder in the spirit of DC-AE; it makes early training fast)",
+    )
     losses: AutoencoderLossConfig = AutoencoderLossConfig()
 
     @model_validator(mode="after")
@@ -264,8 +269,13 @@ class CausalEncoder3D(nn.Module):
         self.mid = CausalResBlock(config, ch[-1], ch[-1])
         self.norm_out = make_norm(config, ch[-1])
         self.conv_out = CausalConv3d(ch[-1], 2 * config.latent_channels, (kt, 3, 3))
+        self.stride = 2 ** (len(ch) - 1)
+        self.shortcut = (
+            nn.Conv3d(fold * self.stride**2, 2 * config.latent_channels, 1) if config.linear_shortcut else None
+        )
 
     def forward(self, x: torch.Tensor, cache: CausalConvCache | None = None) -> torch.Tensor:
+        skip = None if self.shortcut is None else self.shortcut(space_time_to_depth(x, 1, self.stride))
         h = self.conv_in(x, cache)
         for i, blocks in enumerate(self.stages):
             for block in blocks:
@@ -273,7 +283,8 @@ class CausalEncoder3D(nn.Module):
             if i < len(self.downsamples):
                 h = self.downsamples[i](h)
         h = self.mid(h, cache)
-        return self.conv_out(F.silu(self.norm_out(h)), cache)
+        h = self.conv_out(F.silu(self.norm_out(h)), cache)
+        return h if skip is None else h + skip
 
 
 class CausalDecoder3D(nn.Module):
@@ -293,8 +304,13 @@ class CausalDecoder3D(nn.Module):
         self.upsamples = nn.ModuleList(FrameUpsample(ch[i], ch[i + 1]) for i in range(len(ch) - 1))
         self.norm_out = make_norm(config, ch[-1])
         self.conv_out = CausalConv3d(ch[-1], fold, (kt, 3, 3))
+        self.stride = 2 ** (len(ch) - 1)
+        self.shortcut = (
+            nn.Conv3d(config.latent_channels, fold * self.stride**2, 1) if config.linear_shortcut else None
+        )
 
     def forward(self, z: torch.Tensor, cache: CausalConvCache | None = None) -> torch.Tensor:
+        skip = None if self.shortcut is None else depth_to_space_time(self.shortcut(z), 1, self.stride)
         h = self.conv_in(z, cache)
         h = self.mid(h, cache)
         for i, blocks in enumerate(self.stages):
@@ -302,7 +318,8 @@ class CausalDecoder3D(nn.Module):
                 h = block(h, cache)
             if i < len(self.upsamples):
                 h = self.upsamples[i](h)
-        return self.conv_out(F.silu(self.norm_out(h)), cache)
+        h = self.conv_out(F.silu(self.norm_out(h)), cache)
+        return h if skip is None else h + skip
 
 
 # -----------------------------------------------------------------------------
