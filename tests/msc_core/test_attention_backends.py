@@ -162,6 +162,8 @@ def test_bad_inputs_raise_value_errors_naming_sizes() -> None:
     noise = torch.zeros(1, 3)
     with pytest.raises(ValueError, match=r"C=16"):
         module(torch.randn(1, 3, 6, 6, 8), noise)
+    with pytest.raises(ValueError, match="at least one frame"):
+        module(torch.randn(1, 0, 6, 6, 16), torch.zeros(1, 0))
     with pytest.raises(ValueError, match=r"\(1, 3\)"):
         module(x, torch.zeros(1, 4))
     with pytest.raises(ValueError, match="noise_embed_dim=8"):

@@ -194,6 +194,8 @@ class MSCAttention(nn.Module):
         if x.ndim != 5 or x.shape[-1] != cfg.dim:
             raise ValueError(f"x must be (B, T, H, W, C={cfg.dim}), got shape {tuple(x.shape)}")
         B, T, H, W, _ = x.shape
+        if min(B, T, H, W) < 1:
+            raise ValueError(f"x must hold at least one frame of at least 1x1 tokens, got shape {tuple(x.shape)}")
         if noise is None:
             raise ValueError("MSCAttention needs per-frame noise levels (B, T) or embeddings (B, T, E) for its gates")
         if noise.shape[:2] != (B, T) or noise.ndim not in (2, 3):

@@ -38,7 +38,9 @@ KEYS_PER_CALL = 1 << 22
 
 
 def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    """Under torch.compile / torch.export (ONNX) the graph is traced once: no checkpointing."""
+    is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.6
+    return torch.compiler.is_compiling() or is_exporting()
 
 
 @dataclass(frozen=True)
