@@ -10,8 +10,14 @@
 - `ad_iterations`: sampler iterations of the AD schedule for F=16, S=50 and the
   offsets of Table 2 (expected `S + (F-1) s`).
 
-Measurements are separate functions so the model benchmarks (cached-sampling speedup,
-training steps per second) can be added next to them.
+- `cached_sampling_speedup`: generating 16 frames with s = S (autoregressive, S = 20
+  DDIM steps), tiny model, batch 8: time recomputing the window every iteration over
+  time with the cache of finished frames (only frames in flight run). Target >= 3.
+  Also `cached_sampling_speedup_b1` (batch 1, where per-call overhead dominates) and
+  the two times. (Equality of the two paths is a test: tests/msc_ar/test_ardiffusion_generate.py.)
+- `train_steps_per_s`: AdamW steps/s of `ARDiffusion.training_losses` (FoPP, x0) for
+  the `tiny` preset (batch 8 of 8x4x8x8 latents); `train_steps_per_s_demo` for the
+  `demo` preset (batch 8 of 8x3x32x32 pixels).
 
     flock /tmp/msc-bench.lock .venv/bin/python bench/ardiffusion.py
 """
@@ -28,7 +34,9 @@ import numpy as np
 import torch
 
 from msc_ar.ardiffusion.ad_schedule import ad_schedule
+from msc_ar.ardiffusion.model import ARDiffusion, ARDiffusionConfig
 from msc_ar.ardiffusion.timesteps import sample_fopp_timesteps
+from msc_core.interfaces import GenerationRequest, SchedulerParams
 
 # -----------------------------------------------------------------------------
 # reference: the paper's per-sample FoPP (Algorithm 1), 0-based
@@ -118,8 +126,61 @@ def bench_ad_iterations(
     return {"ad_iterations": {str(s): int(ad_schedule(num_frames, num_steps, s).shape[0]) for s in offsets}}
 
 
-# Model measurements (`cached_sampling_speedup`, `train_steps_per_s`) go here as
-# `bench_cached_sampling(...)` and `bench_training(...)` once the AR-Diffusion model exists.
+def bench_cached_sampling(num_frames: int = 16, num_steps: int = 20, batch_sizes: tuple[int, ...] = (8, 1)) -> dict[str, float]:
+    """Generation with the cache of finished frames vs recomputing the window, s = S.
+
+    Tiny model (`ARDiffusionConfig.preset("tiny")`) with training length `num_frames`, so
+    the window holds the whole video. The recomputing path already skips frames that have
+    not started (the model is causal), so the speedup is the cache's alone. Reported for
+    the first batch size; the others are `cached_sampling_speedup_b<B>`.
+    """
+    model = ARDiffusion(ARDiffusionConfig.preset("tiny", data={"num_frames": num_frames})).eval()
+    model.generate(GenerationRequest(num_frames=2, num_steps=2, seed=0))  # warm-up
+    results: dict[str, float] = {}
+    for i, batch_size in enumerate(batch_sizes):
+        request = GenerationRequest(
+            num_frames=num_frames, num_steps=num_steps, batch_size=batch_size, seed=0,
+            scheduler=SchedulerParams(offset=num_steps),
+        )
+        start = time.perf_counter()
+        model.generate(request)
+        cached_s = time.perf_counter() - start
+        start = time.perf_counter()
+        model.generate(request, use_cache=False)
+        recompute_s = time.perf_counter() - start
+        suffix = "" if i == 0 else f"_b{batch_size}"
+        results[f"cached_sampling_speedup{suffix}"] = round(recompute_s / cached_s, 2)
+        if i == 0:
+            results["cached_sampling_s"] = round(cached_s, 3)
+            results["recompute_sampling_s"] = round(recompute_s, 3)
+            results["cached_sampling_batch"] = batch_size
+    return results
+
+
+def train_steps_per_s(preset: str, batch_size: int, steps: int, warmup: int = 3) -> float:
+    """AdamW steps per second of `training_losses` (FoPP, x0) on a fixed random clip batch."""
+    torch.manual_seed(0)
+    config = ARDiffusionConfig.preset(preset)
+    model = ARDiffusion(config).train()
+    channels, *frame = config.data.frame_shape()
+    video = torch.rand(batch_size, channels, config.data.num_frames, *frame) * 2 - 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        loss = model.training_losses({"video": video})["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return steps / (time.perf_counter() - start)
+
+
+def bench_training(batch_size: int = 8) -> dict[str, float]:
+    return {
+        "train_steps_per_s": round(train_steps_per_s("tiny", batch_size, steps=20), 2),
+        "train_steps_per_s_demo": round(train_steps_per_s("demo", batch_size, steps=5), 2),
+        "train_batch": batch_size,
+    }
 
 
 def main() -> None:
@@ -134,6 +195,8 @@ def main() -> None:
     }
     results.update(bench_fopp_sampling(repeats=args.repeats))
     results.update(bench_ad_iterations())
+    results.update(bench_cached_sampling())
+    results.update(bench_training())
     print(json.dumps(results))
 
 

@@ -177,8 +177,7 @@ def test_continuation_keeps_the_prefix_and_depends_on_it(model: ARDiffusion, use
 
 def test_continuation_past_the_window_with_token_latents() -> None:
     model = make_model(
-        data=dict(input_layout="tokens", channels=4, num_frames=3, tokens_per_frame=8, latent_grid=(2, 4),
-                  height=None, width=None),
+        data=dict(input_layout="tokens", channels=4, num_frames=3, tokens_per_frame=8, latent_grid=(2, 4)),
         transformer={"patch_size": 1},
     )
     prefix = torch.randn(1, 2, 8, 4, generator=torch.Generator().manual_seed(0))  # (B, P, L, D)

@@ -20,8 +20,7 @@ from msc_core.config import ConfigError
 from msc_core.diffusion import alpha_bar_at, convert_prediction, per_frame, q_sample
 from msc_core.testing import assert_frame_causal, assert_state_dicts_equal, assert_timestep_causal
 
-TOKENS_DATA = dict(input_layout="tokens", channels=4, num_frames=6, tokens_per_frame=8, latent_grid=(2, 4),
-                   height=None, width=None)
+TOKENS_DATA = dict(input_layout="tokens", channels=4, num_frames=6, tokens_per_frame=8, latent_grid=(2, 4))
 
 
 def make_model(seed: int = 0, **overrides) -> ARDiffusion:

@@ -33,3 +33,9 @@ __all__ = [
     "sample_fopp_timesteps",
     "sample_timesteps",
 ]
+
+# The model (§3.2-§3.3) and its AD-scheduler sampler (§3.4).
+from msc_ar.ardiffusion.model import ARDiffusion, ARDiffusionConfig, ARDiffusionDataConfig  # noqa: E402
+from msc_ar.ardiffusion.sampling import ADSamplingPlan, plan_ad_sampling  # noqa: E402
+
+__all__ += ["ADSamplingPlan", "ARDiffusion", "ARDiffusionConfig", "ARDiffusionDataConfig", "plan_ad_sampling"]

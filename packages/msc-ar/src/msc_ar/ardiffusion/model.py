@@ -205,15 +205,20 @@ class ARDiffusionConfig(Config):
         """A named config (`PRESETS`: `tiny` for tests, `demo` for `msc demo`), some fields changed.
 
         `overrides` are top-level fields; `data` and `transformer` dicts are merged
-        into the preset's.
+        into the preset's (a `data` dict with another `input_layout` replaces it).
         """
         if name not in PRESETS:
             raise ValueError(f"unknown ARDiffusion preset {name!r}; valid: {', '.join(PRESETS)}")
         base = PRESETS[name]
         merged = {**base, **overrides}
         for section in ("data", "transformer"):
-            if isinstance(overrides.get(section), dict):
-                merged[section] = {**base[section], **overrides[section]}
+            given = overrides.get(section)
+            if not isinstance(given, dict):
+                continue
+            layout = base[section].get("input_layout")
+            if section == "data" and given.get("input_layout", layout) != layout:
+                continue  # a grid preset's height/width mean nothing for token latents
+            merged[section] = {**base[section], **given}
         return cls.from_dict(merged)
 
 
