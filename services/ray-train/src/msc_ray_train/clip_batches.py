@@ -1,0 +1,109 @@
+"""Per-worker clip batches for training, split by rank, with a resumable position.
+
+- moving MNIST: clip `index` is a pure function of `(seed, index)`
+  (`msc_data.MovingMNIST.clip`), and rank r of W reads the indices `r, r + W, ...`
+  (msc_data's stream order). Batch `step` of rank r holds stream items
+  `step * B .. step * B + B - 1`, so the data position is the step itself and a resumed
+  run reads exactly the clips an uninterrupted run would have read.
+- shards: `msc_data.VideoClipDataset`, resampled with replacement and split by rank and
+  DataLoader worker; a resumed run re-seeds its streams with the step it resumes from
+  (`set_epoch(step)`), so it does not replay the clips it already trained on in the
+  same order. Corrupt samples are skipped and counted (`corrupt_skipped`).
+
+Batches are `{"video": (B, C, T, H, W)}` in [-1, 1] on the training device.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from msc_data import MovingMNIST, VideoClipDataset
+
+from msc_ray_train.job import MovingMNISTSource, ShardSource
+
+
+class ClipBatches(Protocol):
+    def batch(self, step: int) -> dict[str, torch.Tensor]: ...
+
+    @property
+    def corrupt_skipped(self) -> int: ...
+
+    def position(self, next_step: int) -> dict[str, Any]: ...
+
+
+def downsample_video(video: torch.Tensor, size: int) -> torch.Tensor:
+    """Area-downsample `(..., C, T, H, W)` frames to `size x size` (integer factors)."""
+    *lead, c, t, h, w = video.shape
+    if (h, w) == (size, size):
+        return video
+    frames = video.reshape(-1, c, t, h, w).transpose(1, 2).reshape(-1, c, h, w)  # (N*T, C, H, W)
+    frames = F.interpolate(frames, size=(size, size), mode="area")
+    return frames.reshape(-1, t, c, size, size).transpose(1, 2).reshape(*lead, c, t, size, size)
+
+
+class MovingMNISTBatches:
+    """Batch `step` of rank `rank`: clips `(step * B + i) * W + rank`, i < B."""
+
+    def __init__(self, source: MovingMNISTSource, seed: int, rank: int, world_size: int, batch_size: int) -> None:
+        self.source, self.batch_size = source, batch_size
+        self.dataset = MovingMNIST(
+            source.clip_config(), seed=seed, channels=source.channels, with_motion=False,
+            rank=rank, world_size=world_size,
+        )
+
+    def clip_indices(self, step: int) -> list[int]:
+        ds = self.dataset
+        return [(step * self.batch_size + i) * ds.world_size + ds.rank for i in range(self.batch_size)]
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        video = torch.stack([self.dataset.clip(i)["video"] for i in self.clip_indices(step)])  # (B, C, T, S, S)
+        return {"video": downsample_video(video, self.source.frame_size)}
+
+    @property
+    def corrupt_skipped(self) -> int:
+        return 0  # rendered, never read from disk
+
+    def position(self, next_step: int) -> dict[str, Any]:
+        return {"source": "moving-mnist", "next_clip": self.clip_indices(next_step)[0]}
+
+
+class ShardBatches:
+    """Resampled shard stream of one rank; `step` only numbers the batches."""
+
+    def __init__(
+        self, source: ShardSource, seed: int, rank: int, world_size: int, batch_size: int, start_step: int
+    ) -> None:
+        self.start_step, self.read = start_step, 0
+        self.dataset = VideoClipDataset(
+            source.path, frames=source.frames, size=source.size, crop_scale=source.crop_scale,
+            hflip=source.hflip, channels=source.channels, resampled=True, shuffle_buffer=source.shuffle_buffer,
+            batch_size=batch_size, drop_last=True, seed=seed, rank=rank, world_size=world_size,
+        )
+        self.dataset.set_epoch(start_step)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=None, num_workers=source.loader_workers,
+            persistent_workers=source.loader_workers > 0,
+        )
+        self._batches: Iterator[dict[str, Any]] = iter(loader)
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        self.read += 1
+        return {"video": next(self._batches)["video"]}
+
+    @property
+    def corrupt_skipped(self) -> int:
+        return self.dataset.skipped.total
+
+    def position(self, next_step: int) -> dict[str, Any]:
+        return {"source": "shards", "stream_epoch": self.start_step, "batches_read": self.read}
+
+
+def make_clip_batches(
+    source: MovingMNISTSource | ShardSource, seed: int, rank: int, world_size: int, batch_size: int, start_step: int
+) -> ClipBatches:
+    if isinstance(source, MovingMNISTSource):
+        return MovingMNISTBatches(source, seed, rank, world_size, batch_size)
+    return ShardBatches(source, seed, rank, world_size, batch_size, start_step)

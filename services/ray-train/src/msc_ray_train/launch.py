@@ -1,0 +1,235 @@
+"""Driver side of a training run: a TrainJob -> a Ray Train `TorchTrainer` run.
+
+`run_training(job)` connects to Ray (`address`, or `RAY_ADDRESS` as inside
+`ray job submit`) or starts a local one on this machine's CPUs, checks that a re-run of an existing run name has
+the same model, and runs `train_loop.train_worker` on `scaling.workers` DDP workers
+(gloo on CPU, NCCL on GPU) with
+
+- `RunConfig(name=run.name, storage_path=run.storage_path)`: re-running the same name
+  resumes from its latest checkpoint (Ray Train restores the run's checkpoint list);
+- `CheckpointConfig(num_to_keep=keep_checkpoints)`;
+- `FailureConfig(max_failures)`: a failed worker group is restarted from the last
+  checkpoint that many times.
+
+A progress bar follows `<run>/metrics.jsonl`. Failures come back as `TrainingFailed`
+or `TrainingDiverged` with a one-paragraph message, never a Ray traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from msc_core.config import ConfigError
+
+from msc_ray_train.job import TrainJob
+from msc_ray_train.train_checkpoint import EXPORT_DIR, latest_valid_checkpoint, read_job_dict, read_trainer_state
+from msc_ray_train.train_loop import METRICS_FILE, read_metrics, train_worker
+
+# Defaults for runs started from this process (a user's own settings win): no usage
+# reporting, no token auth on a private local cluster, and a 0.2 s controller poll
+# instead of 2 s (each report otherwise waits for the next poll).
+RAY_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+}
+# Only for a cluster this process starts itself: nothing can be preempted there.
+LOCAL_RAY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+class TrainingFailed(RuntimeError):
+    """The Ray Train run failed (a worker died or raised) more often than max_failures allows."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The run stopped because the loss was not finite for max_nonfinite_steps steps in a row."""
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_dir: Path
+    step: int
+    start_step: int
+    metrics: dict[str, Any]
+    checkpoint_dir: Path | None
+    model_dir: Path
+    wall_time_s: float
+
+
+def configure_ray_environment(local: bool) -> None:
+    """Set the environment defaults above (call before Ray starts)."""
+    for name, value in {**RAY_ENV_DEFAULTS, **(LOCAL_RAY_ENV_DEFAULTS if local else {})}.items():
+        os.environ.setdefault(name, value)
+
+
+def check_resumable(job: TrainJob) -> int:
+    """The step a re-run of `job.run.name` resumes from (0 for a new run).
+
+    Raises ConfigError when the run's checkpoints hold a different model config: their
+    weights could not be loaded into the model this job describes.
+    """
+    latest = latest_valid_checkpoint(job.run_dir)
+    if latest is None:
+        return 0
+    saved = read_job_dict(latest).get("model")
+    current = job.model.model_dump(mode="json")
+    if saved != current:
+        changed = sorted(k for k in set(saved or {}) | set(current) if (saved or {}).get(k) != current.get(k))
+        raise ConfigError(
+            f"run {job.run.name!r} in {job.run.storage_dir} was trained with a different model config "
+            f"(fields differ: {', '.join('model.' + k for k in changed)}); use a new run.name, or restore "
+            f"the model section saved in {latest / 'job.json'}"
+        )
+    return read_trainer_state(latest).step
+
+
+class _ProgressMonitor:
+    """Follows `<run>/metrics.jsonl` in a thread and shows the step on a tqdm bar."""
+
+    def __init__(self, run_dir: Path, total: int, start: int, enabled: bool) -> None:
+        self.path = run_dir / METRICS_FILE
+        self.offset = self.path.stat().st_size if self.path.is_file() else 0
+        self.bar = tqdm(total=total, initial=start, unit="step", desc=run_dir.name, disable=not enabled,
+                        dynamic_ncols=True)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> "_ProgressMonitor":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+        self._poll()
+        self.bar.close()
+
+    def _follow(self) -> None:
+        while not self.stop_event.wait(0.5):
+            self._poll()
+
+    def _poll(self) -> None:
+        if not self.path.is_file():
+            return
+        with open(self.path) as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete, _, _ = chunk.rpartition("\n")  # a line being written is read next time
+        if not complete:
+            return
+        self.offset += len(complete.encode()) + 1
+        for line in complete.splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            self.bar.n = int(record["step"])
+            loss = record.get("loss")
+            self.bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "n/a",
+                                 samples_s=f"{record.get('samples_per_s', 0):.1f}", refresh=False)
+            self.bar.refresh()
+
+
+def resolve_address(address: str | None) -> str | None:
+    """`address`, else `RAY_ADDRESS` (set inside `ray job submit`), else None: start a local Ray."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _ensure_ray(address: str | None, job: TrainJob) -> bool:
+    """Connect to `address` or start a local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address is not None:
+        ray.init(address=address, logging_level=logging.WARNING)
+        return False
+    cpus_needed = job.scaling.workers * (job.scaling.resources_per_worker or {}).get("CPU", 1)
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus_needed)), logging_level=logging.WARNING)
+    return True
+
+
+def _failure_message(job: TrainJob, err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    reason = "; ".join(lines[:4]) if lines else type(err).__name__
+    retries = "no restarts allowed (max_failures=0)" if job.max_failures == 0 else (
+        f"after {job.max_failures} restart(s) (max_failures={job.max_failures})" if job.max_failures > 0 else ""
+    )
+    latest = latest_valid_checkpoint(job.run_dir)
+    resume = (f"the last checkpoint is step {read_trainer_state(latest).step}; re-run the same job to resume"
+              if latest else "no checkpoint was written")
+    return f"training run {job.run.name!r} failed {retries}: {reason}. {resume} ({job.run_dir})."
+
+
+def run_training(job: TrainJob, address: str | None = None, progress: bool = True) -> TrainOutcome:
+    """Train `job` on Ray; resume when `<storage_path>/<name>` already holds checkpoints."""
+    if job.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("tensorboard: true needs the `tensorboard` package: pip install tensorboard")
+    start_step = check_resumable(job)
+    address = resolve_address(address)
+    configure_ray_environment(local=address is None)
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started = time.perf_counter()
+    owns_ray = _ensure_ray(address, job)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"job": job.model_dump(mode="json")},
+        torch_config=TorchConfig(backend="nccl" if job.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=job.scaling.workers,
+            use_gpu=job.scaling.use_gpu,
+            resources_per_worker=job.scaling.resources_per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=job.run.name,
+            storage_path=str(job.run.storage_dir),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
+        ),
+    )
+    try:
+        with _ProgressMonitor(job.run_dir, job.steps, start_step, enabled=progress):
+            result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise TrainingFailed(_failure_message(job, err)) from None
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    metrics = dict(result.metrics or {})
+    if metrics.get("status") == "diverged":
+        raise TrainingDiverged(f"training run {job.run.name!r} diverged: {metrics.get('message')}")
+    checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint is not None else None
+    return TrainOutcome(
+        run_dir=job.run_dir,
+        step=int(metrics.get("step", start_step)),
+        start_step=int(metrics.get("start_step", start_step)),
+        metrics=metrics,
+        checkpoint_dir=checkpoint_dir,
+        model_dir=job.run_dir / EXPORT_DIR,
+        wall_time_s=time.perf_counter() - started,
+    )
+
+
+__all__ = [
+    "TrainOutcome",
+    "TrainingDiverged",
+    "TrainingFailed",
+    "check_resumable",
+    "configure_ray_environment",
+    "read_metrics",
+    "run_training",
+]

@@ -1,0 +1,119 @@
+"""Loading a trained model and sampling videos from it (`msc sample`, `msc demo`).
+
+`load_trained_model(path)` accepts
+
+- a run directory `<storage_path>/<name>/` (uses its exported `model/`),
+- an exported model directory (`config.json` + `model.safetensors`, EMA weights),
+- a training checkpoint `<run>/checkpoint_*/` (verified against its manifest; its EMA
+  weights are loaded).
+
+The model class comes from the `kind` in `config.json` (model_kinds.MODEL_KINDS).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model
+from torch import nn
+from tqdm import tqdm
+
+from msc_core.checkpoint import CONFIG_NAME, from_pretrained
+from msc_core.interfaces import GenerationRequest, SchedulerParams
+from msc_data.video_io import iter_video_frames
+from msc_data.video_tensor import frames_to_video
+
+from msc_ray_train.model_kinds import model_kind
+from msc_ray_train.train_checkpoint import (
+    EMA_FILE,
+    EXPORT_DIR,
+    MANIFEST_FILE,
+    CorruptCheckpointError,
+    is_export_dir,
+    verify_checkpoint,
+)
+
+
+def _config_kind(directory: Path) -> str:
+    path = directory / CONFIG_NAME
+    try:
+        kind = json.loads(path.read_text()).get("kind")
+    except (OSError, json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a readable model config ({err})") from None
+    if not isinstance(kind, str):
+        raise ValueError(f"{path} has no model `kind`")
+    return kind
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The model (EMA weights, eval mode) of a run directory, export or training checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file; give a run directory, an exported model/ or a checkpoint_* directory")
+    if not (path / MANIFEST_FILE).is_file() and is_export_dir(path / EXPORT_DIR):
+        path = path / EXPORT_DIR  # a run directory
+    if (path / MANIFEST_FILE).is_file():  # a training checkpoint
+        verify_checkpoint(path)
+        kind = model_kind(_config_kind(path))
+        model = kind.model_class(kind.config_class.load(path / CONFIG_NAME))
+        try:
+            load_model(model, str(path / EMA_FILE), strict=True, device=str(device))
+        except (SafetensorError, RuntimeError) as err:
+            raise CorruptCheckpointError(f"{path / EMA_FILE} does not fit the model: {err}") from None
+        return model.to(device).eval()
+    if is_export_dir(path):
+        return from_pretrained(model_kind(_config_kind(path)).model_class, path, device=device)
+    raise ValueError(
+        f"{path} is not a run directory (with model/), an exported model (config.json + model.safetensors) "
+        f"nor a training checkpoint (with {MANIFEST_FILE})"
+    )
+
+
+def read_prefix_video(path: str | Path, model: nn.Module, max_frames: int) -> torch.Tensor:
+    """The first frames (at most `max_frames`) of a video file as a prefix `(1, C, P, H, W)`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prefix video not found: {path}")
+    channels, _, height, width = model_kind(model.config.kind).clip_shape(model.config)
+    if height != width:
+        raise ValueError(f"prefix videos need a model with square frames, this one takes {height}x{width}")
+    frames = []
+    for frame in iter_video_frames(path, fps=None, size=height):
+        frames.append(frame)
+        if len(frames) == max_frames:
+            break
+    if not frames:
+        raise ValueError(f"prefix video {path} holds no frames")
+    return frames_to_video(np.stack(frames), channels)[None]  # (1, C, P, H, W)
+
+
+def generate_video(
+    model: nn.Module,
+    num_frames: int,
+    seed: int = 0,
+    num_steps: int = 50,
+    offset: int | None = None,
+    prefix: torch.Tensor | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """One sampled video `(C, T, H, W)` in [-1, 1]; `prefix` frames are kept and continued."""
+    request = GenerationRequest(
+        num_frames=num_frames, seed=seed, num_steps=num_steps, prefix=prefix,
+        scheduler=SchedulerParams(offset=offset),
+    )
+    kwargs = {}
+    bar = tqdm(desc="sampling", unit="iter", disable=not progress, leave=False)
+    if "on_step" in inspect.signature(model.generate).parameters:
+        kwargs["on_step"] = lambda n, video: bar.update(1)
+    try:
+        video = model.generate(request, **kwargs)
+    finally:
+        bar.close()
+    return video[0].float().clamp(-1, 1)  # (C, T, H, W)

@@ -1,0 +1,193 @@
+"""The training loop without Ray: schedule, EMA, non-finite steps, exact resume, divergence.
+
+`run_training_loop` is the function every Ray worker runs; here it runs in-process on
+one rank, with a `report` that persists checkpoints the way Ray does (a copy into the
+run directory), so a crash and a resume can be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from msc_core.testing import assert_state_dicts_equal
+from msc_ray_train.ema import ExponentialMovingAverage, ema_decay
+from msc_ray_train.job import EMAConfig, OptimConfig, job_from_dict
+from msc_ray_train.model_kinds import build_model
+from msc_ray_train.optimization import build_optimizer, build_scheduler, learning_rate_factor
+from msc_ray_train.train_checkpoint import TrainerState, latest_valid_checkpoint, load_checkpoint
+from msc_ray_train.train_loop import TrainingLossModule, read_metrics, run_training_loop, training_step
+
+CPU = torch.device("cpu")
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class RaylikeReporter:
+    """Persists reported checkpoints as `<run>/checkpoint_<n>` (as Ray Train does) and can crash."""
+
+    def __init__(self, run_dir: Path, crash_at_step: int | None = None) -> None:
+        self.run_dir, self.crash_at_step = run_dir, crash_at_step
+        self.reports: list[dict[str, Any]] = []
+        self.checkpoints: list[Path] = []
+
+    def __call__(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if metrics["step"] == self.crash_at_step:
+            raise Crash(f"worker lost at step {metrics['step']}")
+        self.reports.append(metrics)
+        if checkpoint_dir is not None:
+            target = self.run_dir / f"checkpoint_{len(self.checkpoints):06d}"
+            shutil.copytree(checkpoint_dir, target)
+            self.checkpoints.append(target)
+
+    @property
+    def latest(self) -> str | None:
+        return str(self.checkpoints[-1]) if self.checkpoints else None
+
+
+def built(job):
+    torch.manual_seed(job.seed)
+    model = build_model(job.model)
+    ema = ExponentialMovingAverage(model, job.ema)
+    optimizer = build_optimizer(model, job.optim)
+    scheduler = build_scheduler(optimizer, job.optim, job.steps)
+    return model, ema, optimizer, scheduler
+
+
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine() -> None:
+    optim = OptimConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1)
+    assert [learning_rate_factor(s, optim, 14) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate_factor(4, optim, 14) == pytest.approx(1.0)
+    assert learning_rate_factor(9, optim, 14) == pytest.approx(0.55)  # half way: (1 + 0.1) / 2
+    assert learning_rate_factor(14, optim, 14) == pytest.approx(0.1)
+    assert learning_rate_factor(50, optim, 14) == pytest.approx(0.1)  # held at the floor
+    constant = OptimConfig(lr=1.0, warmup_steps=2, schedule="constant")
+    assert [learning_rate_factor(s, constant, 10) for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+
+
+def test_optimizer_steps_use_the_scheduled_learning_rate(make_job_dict) -> None:
+    job = job_from_dict(make_job_dict(optim={"lr": 2e-3, "warmup_steps": 3, "weight_decay": 0.1}))
+    model, _, optimizer, scheduler = built(job)
+    for step in range(job.steps):
+        for group in optimizer.param_groups:
+            assert group["lr"] == pytest.approx(2e-3 * learning_rate_factor(step, job.optim, job.steps))
+        optimizer.step()
+        scheduler.step()
+    decayed, undecayed = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and undecayed["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in undecayed["params"])
+
+
+def test_ema_is_the_exponential_average_of_the_weights() -> None:
+    config = EMAConfig(decay=0.9, warmup=True)
+    assert [ema_decay(config, n) for n in (0, 1, 80, 1000)] == [0.1, 2 / 11, 0.9, 0.9]
+    model = torch.nn.Linear(3, 2)
+    ema = ExponentialMovingAverage(model, config)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for n in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model, n)
+        d = ema_decay(config, n)
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+    for got, want in zip(ema.model.parameters(), expected):
+        torch.testing.assert_close(got, want)
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_non_finite_step_changes_nothing_and_is_counted(make_job_dict) -> None:
+    job = job_from_dict(make_job_dict())
+    model, ema, optimizer, scheduler = built(job)
+    loss_module = TrainingLossModule(model)
+    state = TrainerState()
+    good = {"video": torch.rand(2, 1, 4, 16, 16) * 2 - 1}
+    training_step(loss_module, model, ema, optimizer, scheduler, state, good, None, 1.0)
+    weights, averaged = build_model(job.model), build_model(job.model)
+    weights.load_state_dict(model.state_dict())
+    averaged.load_state_dict(ema.model.state_dict())
+    adam_steps = [s["step"].item() for s in optimizer.state.values()]
+
+    bad = {"video": good["video"].clone()}
+    bad["video"][0, 0, 1, 3, 3] = float("nan")
+    for expected_in_a_row in (1, 2):
+        result = training_step(loss_module, model, ema, optimizer, scheduler, state, bad, None, 1.0)
+        assert not result.applied and math.isnan(result.losses["loss"])
+        assert state.nonfinite_in_a_row == expected_in_a_row
+    assert_state_dicts_equal(model, weights)
+    assert_state_dicts_equal(ema.model, averaged)
+    assert [s["step"].item() for s in optimizer.state.values()] == adam_steps
+    assert all(p.grad is None for p in model.parameters())
+    assert (state.step, state.ema_updates, state.nonfinite_total) == (3, 1, 2)
+
+    result = training_step(loss_module, model, ema, optimizer, scheduler, state, good, None, 1.0)
+    assert result.applied and state.nonfinite_in_a_row == 0 and state.nonfinite_total == 2
+
+
+def test_gradient_clipping_bounds_the_update_norm(make_job_dict) -> None:
+    job = job_from_dict(make_job_dict())
+    model, ema, optimizer, scheduler = built(job)
+    batch = {"video": torch.rand(2, 1, 4, 16, 16) * 2 - 1}
+    result = training_step(TrainingLossModule(model), model, ema, optimizer, scheduler, TrainerState(), batch,
+                           torch.Generator().manual_seed(0), grad_clip=1e-3)
+    assert result.applied and result.grad_norm > 1e-3  # the reported norm is the one before clipping
+
+
+def test_crash_and_resume_gives_exactly_the_uninterrupted_run(tmp_path: Path, make_job_dict) -> None:
+    changes = dict(steps=6, checkpoint_every=2, log_every=1)
+    straight_job = job_from_dict(make_job_dict("straight", **changes))
+    straight = RaylikeReporter(straight_job.run_dir)
+    assert run_training_loop(straight_job, 0, 1, CPU, None, straight) == "finished"
+
+    job = job_from_dict(make_job_dict("crashed", **changes))
+    crashing = RaylikeReporter(job.run_dir, crash_at_step=5)
+    with pytest.raises(Crash):
+        run_training_loop(job, 0, 1, CPU, None, crashing)
+    resumed = RaylikeReporter(job.run_dir)
+    resumed.checkpoints = list(crashing.checkpoints)
+    assert run_training_loop(job, 0, 1, CPU, crashing.latest, resumed) == "finished"
+
+    assert [r["start_step"] for r in resumed.reports] == [4, 4]
+    assert [r["step"] for r in resumed.reports] == [5, 6]
+    assert [r["loss"] for r in resumed.reports] == [r["loss"] for r in straight.reports[4:]]
+    (model_a, ema_a, optimizer_a, scheduler_a), (model_b, ema_b, optimizer_b, scheduler_b) = built(job), built(job)
+    state_a = load_checkpoint(straight.latest, model_a, ema_a.model, optimizer_a, scheduler_a)
+    state_b = load_checkpoint(resumed.latest, model_b, ema_b.model, optimizer_b, scheduler_b)
+    assert state_a == state_b and state_b.step == 6
+    assert scheduler_a.state_dict() == scheduler_b.state_dict()
+    assert_state_dicts_equal(model_a, model_b)
+    assert_state_dicts_equal(ema_a.model, ema_b.model)
+    adam_a, adam_b = optimizer_a.state_dict(), optimizer_b.state_dict()
+    assert adam_a["param_groups"] == adam_b["param_groups"]
+    for index, moments in adam_a["state"].items():
+        assert all(torch.equal(value, adam_b["state"][index][name]) for name, value in moments.items())
+    assert [r["step"] for r in read_metrics(job.run_dir)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_run_stops_after_k_non_finite_steps_in_a_row(make_job_dict) -> None:
+    # lr = 1e30 blows the weights up after one Adam step: every later loss is inf/nan
+    job = job_from_dict(make_job_dict(optim={"lr": 1e30, "warmup_steps": 0}, steps=50, max_nonfinite_steps=3,
+                                      log_every=10, checkpoint_every=10))
+    reporter = RaylikeReporter(job.run_dir)
+    assert run_training_loop(job, 0, 1, CPU, None, reporter) == "diverged"
+    last = reporter.reports[-1]
+    assert last["status"] == "diverged" and last["step"] == 4 and last["nonfinite_skipped"] == 3
+    assert "3 steps in a row (max_nonfinite_steps=3)" in last["message"]
+    assert reporter.checkpoints == [] and latest_valid_checkpoint(job.run_dir) is None
+
+
+def test_finished_run_reports_once_and_trains_no_further(make_job_dict) -> None:
+    job = job_from_dict(make_job_dict("done", steps=2))
+    first = RaylikeReporter(job.run_dir)
+    run_training_loop(job, 0, 1, CPU, None, first)
+    again = RaylikeReporter(job.run_dir)
+    assert run_training_loop(job, 0, 1, CPU, first.latest, again) == "finished"
+    assert again.reports == [{"step": 2, "status": "finished", "start_step": 2, "world_size": 1}]
+    assert again.checkpoints == []
