@@ -1,0 +1,596 @@
+"""ONNX export of the decoders and an ONNX Runtime runner (DESIGN.md, "Cascade decoder").
+
+Three graphs, each with dynamic batch and frames (and latent height/width for the
+grid models), each stamped with `msc.*` metadata so a runner can tell what a file holds:
+
+- `vae3d_decoder`: one causal chunk of `CausalVAE3D.decode_step`: `(latents, cache_in_*)
+  -> (video, cache_out_*)`. The causal cache (the last `k_t - 1` frames of every causal
+  convolution's input) is explicit, so chunked decoding works in ONNX Runtime; a clip
+  start is the all-zero cache, and the first chunk's output starts with `tc - 1` copies
+  of frame 0 that the runner drops (as `CausalVAE3D.decode_chunk` does).
+- `arvae_decoder`: `ARVAE.forward_decoder`: `(latents, cache_in_*) -> (video, cache_out_*)`,
+  the cache being per layer the keys/values of past frames' latent tokens (any length,
+  zero at a clip start).
+- `cascade_step`: one cascade denoising step, DiT forward + DDIM update
+  (`cascade_sampling.cascade_ddim_step`): `(x_t, base_up, t, t_next) -> x_next`.
+
+Exporter: always `torch.onnx.export(..., dynamo=True, opset_version=...)`. The two
+tokenizer decoders go through `torch.export` as they are. The cascade step does not:
+`msc_core.diffusion.ddim_step` validates its timesteps with data-dependent Python checks
+(`bool((t_next > t).any())`), which `torch.export` refuses, and the grid attention's
+padding arithmetic with symbolic frame counts produces guards it cannot prove. The step
+is therefore traced with `torch.export.draft_export` (still the dynamo exporter; it
+records those checks as assumptions instead of failing) and the resulting
+ExportedProgram is converted with `dynamo=True`. `dynamo=False` (TorchScript tracing)
+is not used: it would bake the frame count into the grid attention's partition.
+Every export is checked with `onnx.checker.check_model` and a parity run in ONNX Runtime
+at a batch size and frame count different from the export example.
+
+Runner: `OnnxCascadeDecoder` reproduces `CascadeDecoder.decode` (same loop:
+`cascade_decoder.CascadeDecodePipeline`) with providers CUDA then CPU, logs when CUDA
+was requested but is not used, and with `verify=` checks parity against PyTorch before
+it is used. A corrupt, foreign or mismatched file raises `OnnxModelError` naming the file
+and what was expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from msc_cascade.cascade_decoder import CascadeDecodePipeline, CascadeDecodeSettings, load_cascade
+from msc_cascade.cascade_model import CascadeConfig, CascadeModel
+from msc_cascade.cascade_sampling import cascade_ddim_step
+from msc_core.checkpoint import atomic_write_bytes
+from msc_core.interfaces import LatentSpec
+from msc_tokenizers import ARVAE, CausalVAE3D
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+GRAPH_KEY = "msc.graph"
+VAE_DECODER, ARVAE_DECODER, CASCADE_STEP = "vae3d_decoder", "arvae_decoder", "cascade_step"
+GRAPH_KINDS = (VAE_DECODER, ARVAE_DECODER, CASCADE_STEP)
+CASCADE_STEP_FILE, VAE_DECODER_FILE = "cascade_step.onnx", "vae_decoder.onnx"
+GRAPH_DESCRIPTIONS = {
+    VAE_DECODER: "the CausalVAE3D decoder chunk graph (msc-export vae / cascade)",
+    ARVAE_DECODER: "the ARVAE decoder graph (msc-export arvae)",
+    CASCADE_STEP: "the cascade denoising step graph (msc-export cascade)",
+}
+
+
+class OnnxModelError(ValueError):
+    """An ONNX file is missing, corrupt, foreign or holds another graph than expected."""
+
+
+class OnnxParityError(RuntimeError):
+    """ONNX Runtime output differs from PyTorch by more than the tolerance."""
+
+
+def _require_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"ONNX export and runtime need the 'onnx' extra: pip install 'msc-cascade[onnx]' ({err})"
+        ) from None
+    return onnx, onnxruntime
+
+
+# -----------------------------------------------------------------------------
+# exportable modules
+
+
+class VAEDecodeStep(nn.Module):
+    """`CausalVAE3D.decode_step` with the cache as separate tensors: `(latents, *cache) -> (video, *cache)`."""
+
+    def __init__(self, vae: CausalVAE3D) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        video, new_cache = self.vae.decode_step(latents, list(cache))
+        return (video, *new_cache)
+
+
+class ARVAEDecodeStep(nn.Module):
+    """`ARVAE.forward_decoder` with the cache as separate tensors."""
+
+    def __init__(self, arvae: ARVAE) -> None:
+        super().__init__()
+        self.arvae = arvae
+
+    def forward(self, latents: torch.Tensor, *cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        video, new_cache = self.arvae.forward_decoder(latents, list(cache))
+        return (video, *new_cache)
+
+
+class CascadeDenoiseStep(nn.Module):
+    """One cascade DDIM step: `(x_t, base_up, t [B], t_next [B]) -> x_next` (scaled latent space)."""
+
+    def __init__(self, model: CascadeModel) -> None:
+        super().__init__()
+        self.dit = model.dit
+        self.prediction = model.config.prediction
+        self.register_buffer("alphas_cumprod", model.alphas_cumprod.clone(), persistent=False)
+
+    def forward(self, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        return cascade_ddim_step(self.dit, x_t, base_up, t, t_next, self.alphas_cumprod, self.prediction)
+
+
+# -----------------------------------------------------------------------------
+# export
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export wrote and how it was checked."""
+
+    path: Path
+    graph: str
+    exporter: str  # "torch.export" or "draft_export"
+    opset: int
+    parity_max_abs_err: float
+    parity_shapes: dict[str, tuple[int, ...]]
+
+
+def _dims() -> dict[str, Any]:
+    Dim = torch.export.Dim
+    return {
+        "batch": Dim("batch", min=1, max=1024),
+        "frames": Dim("frames", min=1, max=4096),
+        "height": Dim("height", min=1, max=1024),
+        "width": Dim("width", min=1, max=1024),
+    }
+
+
+def _scaled(dim: Any, factor: int) -> Any:
+    return dim if factor == 1 else factor * dim
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Keep the exporters' progress prints (stdout) and draft_export's report (a multi-page
+    graph dump at WARNING) out of the caller's output; our own log says what happened."""
+    noisy = [logging.getLogger(name) for name in ("torch.export._draft_export", "torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [log.level for log in noisy]
+    for log in noisy:
+        log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for log, level in zip(noisy, levels):
+            log.setLevel(level)
+
+
+def _export_and_stamp(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    graph: str,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: tuple[Any, ...],
+    metadata: dict[str, Any],
+    opset: int,
+    draft: bool = False,
+) -> str:
+    """Export with the dynamo exporter, add `msc.*` metadata, check and write atomically.
+
+    `draft=True` traces with `torch.export.draft_export` straight away (for graphs known
+    to need it); otherwise `torch.export` is tried first and draft_export is the fallback.
+    """
+    onnx, _ = _require_onnx()
+    module = module.eval()
+    exporter = "torch.export"
+    with _quiet_exporter():
+        program = None
+        if not draft:
+            try:
+                program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+            except Exception as err:  # noqa: BLE001 - any torch.export failure: fall back to draft_export
+                logger.info("torch.export cannot trace %s (%s); using draft_export", graph, type(err).__name__)
+        if program is None:
+            program = torch.export.draft_export(module, args, dynamic_shapes=dynamic_shapes)
+            exporter = "draft_export"
+        onnx_program = torch.onnx.export(
+            program,
+            args,
+            dynamo=True,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            verbose=False,
+        )
+    proto = onnx_program.model_proto
+    stamp = {GRAPH_KEY: graph, "msc.exporter": exporter, "msc.opset": str(opset), **metadata}
+    for key, value in stamp.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.checker.check_model(proto, full_check=True)
+    atomic_write_bytes(path, proto.SerializeToString())
+    return exporter
+
+
+def _parity(path: Path, graph: str, module: nn.Module, args: tuple[torch.Tensor, ...], tolerance: float) -> float:
+    """Max abs difference of every output of `path` in ONNX Runtime (CPU) vs `module(*args)`."""
+    session, _ = open_session(path, graph, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    outputs = session.run(None, {n: a.detach().cpu().numpy() for n, a in zip(names, args)})
+    with torch.no_grad():
+        expected = module(*args)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    err = max(float(np.abs(o - e.cpu().numpy()).max()) if o.size else 0.0 for o, e in zip(outputs, expected))
+    if not err <= tolerance:
+        raise OnnxParityError(f"{path}: ONNX Runtime differs from PyTorch by {err:.3g} (> {tolerance:g}) on {graph}")
+    return err
+
+
+def export_vae_decoder(
+    vae: CausalVAE3D,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = 1e-4,
+    latent_size: tuple[int, int] = (4, 5),
+) -> ExportReport:
+    """Export one causal decoding chunk of `vae` (dynamic batch, latent frames, height, width)."""
+    path = Path(path)
+    vae = vae.eval()
+    gen = torch.Generator().manual_seed(0)
+    C = vae.config.latent_channels
+
+    def example(batch: int, frames: int, size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        z = torch.randn(batch, C, frames, *size, generator=gen)
+        cache = [torch.randn(c.shape, generator=gen) for c in vae.init_decode_cache(z)]
+        return (z, *cache)
+
+    args = example(2, 3, latent_size)
+    z, cache = args[0], args[1:]
+    d = _dims()
+    cache_spec, cache_shapes = [], []
+    for c in cache:
+        hs, ws = c.shape[3] // z.shape[3], c.shape[4] // z.shape[4]
+        cache_spec.append({"channels": c.shape[1], "frames": c.shape[2], "height_scale": hs, "width_scale": ws})
+        cache_shapes.append({0: d["batch"], 3: _scaled(d["height"], hs), 4: _scaled(d["width"], ws)})
+    n = len(cache)
+    inputs = ["latents"] + [f"cache_in_{i}" for i in range(n)]
+    outputs = ["video"] + [f"cache_out_{i}" for i in range(n)]
+    module = VAEDecodeStep(vae)
+    metadata = {
+        "msc.config": vae.config.to_json(),
+        "msc.latent_spec": vae.latent_spec.to_json(),
+        "msc.cache": cache_spec,
+    }
+    dynamic = ({0: d["batch"], 2: d["frames"], 3: d["height"], 4: d["width"]}, tuple(cache_shapes))
+    exporter = _export_and_stamp(module, args, path, VAE_DECODER, inputs, outputs, dynamic, metadata, opset)
+    probe = example(3, 5, (latent_size[0] + 2, latent_size[1] + 1))
+    err = _parity(path, VAE_DECODER, module, probe, tolerance)
+    return ExportReport(path, VAE_DECODER, exporter, opset, err, {"latents": tuple(probe[0].shape)})
+
+
+def export_arvae_decoder(
+    arvae: ARVAE, path: str | Path, opset: int = DEFAULT_OPSET, tolerance: float = 1e-4
+) -> ExportReport:
+    """Export the AR-VAE decoder (dynamic batch, frames and cached past length)."""
+    path = Path(path)
+    arvae = arvae.eval()
+    c = arvae.config
+    gen = torch.Generator().manual_seed(0)
+    head_dim = c.width // c.num_heads
+
+    def example(batch: int, frames: int, past: int) -> tuple[torch.Tensor, ...]:
+        z = torch.randn(batch, frames, c.num_latent_tokens, c.latent_dim, generator=gen)
+        cache = [torch.randn(batch, c.num_heads, past * c.num_latent_tokens, head_dim, generator=gen)
+                 for _ in range(2 * c.decoder_depth)]
+        return (z, *cache)
+
+    d = _dims()
+    past = torch.export.Dim("past_tokens", min=0, max=1 << 20)
+    n = 2 * c.decoder_depth
+    inputs = ["latents"] + [f"cache_in_{i}" for i in range(n)]
+    outputs = ["video"] + [f"cache_out_{i}" for i in range(n)]
+    metadata = {
+        "msc.config": c.to_json(),
+        "msc.latent_spec": arvae.latent_spec.to_json(),
+        "msc.cache": {"layers": c.decoder_depth, "heads": c.num_heads, "head_dim": head_dim,
+                      "tokens_per_frame": c.num_latent_tokens},
+    }
+    dynamic = ({0: d["batch"], 1: d["frames"]}, tuple({0: d["batch"], 2: past} for _ in range(n)))
+    module = ARVAEDecodeStep(arvae)
+    exporter = _export_and_stamp(module, example(2, 3, 2), path, ARVAE_DECODER, inputs, outputs, dynamic, metadata, opset)
+    probe = example(3, 4, 1)
+    err = _parity(path, ARVAE_DECODER, module, probe, tolerance)
+    return ExportReport(path, ARVAE_DECODER, exporter, opset, err, {"latents": tuple(probe[0].shape)})
+
+
+def export_cascade_step(
+    model: CascadeModel,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = 1e-4,
+    latent_size: tuple[int, int] | None = None,
+) -> ExportReport:
+    """Export one cascade denoising step (dynamic batch, latent frames, height, width)."""
+    path = Path(path)
+    cfg = model.config
+    p = cfg.dit.patch_size
+    size = latent_size or (4 * p, 5 * p)
+    gen = torch.Generator().manual_seed(0)
+    C = cfg.dit.latent_channels
+
+    def example(batch: int, frames: int, hw: tuple[int, int], t: int, t_next: int) -> tuple[torch.Tensor, ...]:
+        x = torch.randn(batch, C, frames, *hw, generator=gen)
+        base = torch.randn(batch, C, frames, *hw, generator=gen)
+        return x, base, torch.full((batch,), t, dtype=torch.long), torch.full((batch,), t_next, dtype=torch.long)
+
+    T = cfg.num_timesteps
+    args = example(2, 5, size, T // 2, T // 4)
+    d = _dims()
+    grid = {0: d["batch"], 2: d["frames"], 3: d["height"], 4: d["width"]}
+    dynamic = (grid, grid, {0: d["batch"]}, {0: d["batch"]})
+    module = CascadeDenoiseStep(model).eval()
+    metadata = {"msc.config": cfg.to_json(), "msc.latent_spec": model.latent_spec.to_json()}
+    # ddim_step's data-dependent timestep checks make torch.export fail: go to draft_export directly
+    exporter = _export_and_stamp(
+        module, args, path, CASCADE_STEP, ["x_t", "base_up", "t", "t_next"], ["x_next"], dynamic, metadata, opset,
+        draft=True,
+    )
+    probe = example(3, 7, (size[0] + p, size[1] + 2 * p), T - 1, -1)
+    err = _parity(path, CASCADE_STEP, module, probe, tolerance)
+    return ExportReport(path, CASCADE_STEP, exporter, opset, err, {"x_t": tuple(probe[0].shape)})
+
+
+def export_cascade(model: CascadeModel, directory: str | Path, opset: int = DEFAULT_OPSET) -> dict[str, ExportReport]:
+    """Everything `OnnxCascadeDecoder` needs: `cascade_step.onnx` and `vae_decoder.onnx` in `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return {
+        CASCADE_STEP: export_cascade_step(model, directory / CASCADE_STEP_FILE, opset),
+        VAE_DECODER: export_vae_decoder(model.vae, directory / VAE_DECODER_FILE, opset),
+    }
+
+
+# -----------------------------------------------------------------------------
+# loading and sessions
+
+
+def read_graph_metadata(path: str | Path, expected: str) -> dict[str, str]:
+    """The `msc.*` metadata of an ONNX file, after checking it is a readable `expected` graph."""
+    onnx, _ = _require_onnx()
+    path = Path(path)
+    what = GRAPH_DESCRIPTIONS[expected]
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file {path} not found; expected {what}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(proto)
+    except Exception as err:  # noqa: BLE001 - protobuf / checker errors have many types
+        raise OnnxModelError(
+            f"{path} is not a valid ONNX model ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            f"expected {what}"
+        ) from None
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    found = metadata.get(GRAPH_KEY)
+    if found is None:
+        raise OnnxModelError(f"{path} has no '{GRAPH_KEY}' metadata, so it was not written by msc-export; expected {what}")
+    if found != expected:
+        raise OnnxModelError(f"{path} holds a {found!r} graph, expected {expected!r}: {what}")
+    return metadata
+
+
+def resolve_providers(requested: Sequence[str] | None, what: str) -> list[str]:
+    """Requested providers that can run here, in order; logs each one that cannot."""
+    _, ort = _require_onnx()
+    requested = list(requested or DEFAULT_PROVIDERS)
+    available = ort.get_available_providers()
+    chosen = []
+    for provider in requested:
+        if provider not in available:
+            logger.warning("%s: %s was requested but this onnxruntime build does not have it (available: %s)",
+                           what, provider, ", ".join(available))
+        elif provider in GPU_PROVIDERS and not torch.cuda.is_available():
+            logger.warning("%s: %s was requested but no CUDA device is available", what, provider)
+        else:
+            chosen.append(provider)
+    if not chosen:
+        chosen = ["CPUExecutionProvider"]
+    return chosen
+
+
+def open_session(
+    path: str | Path, expected: str, providers: Sequence[str] | None = None, threads: int | None = None
+) -> tuple[Any, dict[str, str]]:
+    """An `onnxruntime.InferenceSession` of an `expected` graph (CUDA -> CPU fallback logged)
+    and the file's `msc.*` metadata."""
+    _, ort = _require_onnx()
+    path = Path(path)
+    metadata = read_graph_metadata(path, expected)
+    requested = list(providers or DEFAULT_PROVIDERS)
+    chosen = resolve_providers(requested, path.name)
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=chosen)
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise OnnxModelError(f"ONNX Runtime cannot load {path} ({err}); expected {GRAPH_DESCRIPTIONS[expected]}") from None
+    active = session.get_providers()
+    wanted_gpu = [p for p in requested if p in GPU_PROVIDERS]
+    if wanted_gpu and not any(p in active for p in wanted_gpu):
+        logger.warning("%s: %s requested but unavailable; falling back to %s", path.name, " / ".join(wanted_gpu), active[0])
+    logger.info("%s: running on %s", path.name, active[0])
+    return session, metadata
+
+
+# -----------------------------------------------------------------------------
+# runners
+
+
+class OnnxVAEDecoder:
+    """The exported `CausalVAE3D` decoder in ONNX Runtime: chunked (causal cache) or whole decoding."""
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.session, metadata = open_session(self.path, VAE_DECODER, providers, threads)
+        self.latent_spec = LatentSpec.from_json(metadata["msc.latent_spec"])
+        self.cache_spec = json.loads(metadata["msc.cache"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def zero_cache(self, batch: int, height: int, width: int) -> list[np.ndarray]:
+        """The cache of a clip start for latents of `height x width`."""
+        return [
+            np.zeros((batch, c["channels"], c["frames"], height * c["height_scale"], width * c["width_scale"]), np.float32)
+            for c in self.cache_spec
+        ]
+
+    def _check(self, latents: np.ndarray) -> None:
+        C = self.latent_spec.channels
+        if latents.ndim != 5 or latents.shape[1] != C:
+            raise ValueError(f"latents must be [B, {C}, T, h, w] for {self.path}, got {tuple(latents.shape)}")
+
+    def decode_step(self, latents: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Raw chunk: `tc` frames per latent frame, and the next cache."""
+        self._check(latents)
+        outputs = self.session.run(None, dict(zip(self.input_names, [latents.astype(np.float32), *cache])))
+        return outputs[0], outputs[1:]
+
+    def decode(self, latents: torch.Tensor | np.ndarray, chunk_latent_frames: int | None = None) -> np.ndarray:
+        """Latents `[B, C, T, h, w]` -> video `[B, 3, 1 + tc (T - 1), h s, w s]` (whole when no chunk size)."""
+        z = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)
+        self._check(z)
+        B, _, T, h, w = z.shape
+        if chunk_latent_frames is not None and chunk_latent_frames < 1:
+            raise ValueError(f"chunk_latent_frames must be >= 1, got {chunk_latent_frames}")
+        chunk = chunk_latent_frames or T
+        cache, pieces = self.zero_cache(B, h, w), []
+        for start in range(0, T, chunk):
+            video, cache = self.decode_step(np.ascontiguousarray(z[:, :, start:start + chunk]), cache)
+            pieces.append(video)
+        video = np.concatenate(pieces, axis=2)
+        return video[:, :, self.latent_spec.temporal_compression - 1:]  # the clip start's repeated frame 0
+
+
+class OnnxARVAEDecoder:
+    """The exported AR-VAE decoder in ONNX Runtime, streaming frames with its key/value cache."""
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.session, metadata = open_session(self.path, ARVAE_DECODER, providers, threads)
+        self.latent_spec = LatentSpec.from_json(metadata["msc.latent_spec"])
+        self.cache_spec = json.loads(metadata["msc.cache"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def decode_chunk(
+        self, latents: np.ndarray, cache: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Next frames `[B, T, L, D]` of a clip -> video `[B, 3, T, H, W]` and the cache (None: clip start)."""
+        spec, c = self.latent_spec, self.cache_spec
+        if latents.ndim != 4 or latents.shape[2:] != (spec.tokens_per_frame, spec.channels):
+            raise ValueError(
+                f"latents must be [B, T, {spec.tokens_per_frame}, {spec.channels}] for {self.path}, got {tuple(latents.shape)}"
+            )
+        if cache is None:
+            empty = np.zeros((latents.shape[0], c["heads"], 0, c["head_dim"]), np.float32)
+            cache = [empty] * (2 * c["layers"])
+        outputs = self.session.run(None, dict(zip(self.input_names, [latents.astype(np.float32), *cache])))
+        return outputs[0], outputs[1:]
+
+    def decode(self, latents: torch.Tensor | np.ndarray, chunk_frames: int | None = None) -> np.ndarray:
+        z = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)
+        chunk = chunk_frames or z.shape[1]
+        cache, pieces = None, []
+        for start in range(0, z.shape[1], chunk):
+            video, cache = self.decode_chunk(np.ascontiguousarray(z[:, start:start + chunk]), cache)
+            pieces.append(video)
+        return np.concatenate(pieces, axis=2)
+
+
+class OnnxCascadeDecoder(CascadeDecodePipeline):
+    """`CascadeDecoder.decode` in ONNX Runtime: the exported step and VAE decoder in the same loop.
+
+    `directory` holds `cascade_step.onnx` and `vae_decoder.onnx` (`export_cascade`,
+    `msc-export cascade`). `verify` (a `CascadeModel` or its checkpoint directory) runs a
+    parity probe against PyTorch at load and raises `OnnxParityError` beyond `tolerance`.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        settings: CascadeDecodeSettings | None = None,
+        providers: Sequence[str] | None = None,
+        verify: CascadeModel | str | Path | None = None,
+        tolerance: float = 1e-3,
+        threads: int | None = None,
+    ) -> None:
+        directory = Path(directory)
+        step_path = directory / CASCADE_STEP_FILE
+        self.step_session, metadata = open_session(step_path, CASCADE_STEP, providers, threads)
+        config = CascadeConfig.from_json(metadata["msc.config"])
+        self.vae_decoder = OnnxVAEDecoder(directory / VAE_DECODER_FILE, providers, threads)
+        spec = LatentSpec.from_json(metadata["msc.latent_spec"])
+        if spec != self.vae_decoder.latent_spec:
+            raise OnnxModelError(
+                f"{step_path} works in latent space {spec.model_dump()} but {self.vae_decoder.path} decodes "
+                f"{self.vae_decoder.latent_spec.model_dump()}: the two files come from different exports"
+            )
+        super().__init__(config, spec, settings)
+        self.step_path = step_path
+        self.step_inputs = [i.name for i in self.step_session.get_inputs()]
+        self.parity_max_abs_err: float | None = None
+        if verify is not None:
+            reference = verify if isinstance(verify, CascadeModel) else load_cascade(verify)
+            self.parity_max_abs_err = self.verify_against(reference, tolerance)
+
+    @property
+    def providers(self) -> dict[str, str]:
+        """Active provider of each graph."""
+        return {CASCADE_STEP: self.step_session.get_providers()[0], VAE_DECODER: self.vae_decoder.provider}
+
+    def denoise_step(self, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
+        feeds = [x_t.cpu().numpy().astype(np.float32), base_up.cpu().numpy().astype(np.float32),
+                 t.cpu().numpy().astype(np.int64), t_next.cpu().numpy().astype(np.int64)]
+        (x_next,) = self.step_session.run(None, dict(zip(self.step_inputs, feeds)))
+        return torch.from_numpy(x_next).to(x_t.device)
+
+    def decode_latent_tile(self, latents: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.vae_decoder.decode(latents, self.settings.vae_chunk_frames))
+
+    def verify_against(self, model: CascadeModel, tolerance: float = 1e-3) -> float:
+        """Max abs error of one full decode of a random base latent, ONNX Runtime vs PyTorch."""
+        from msc_cascade.cascade_decoder import CascadeDecoder
+
+        if model.config.model_dump(exclude={"vae_path"}) != self.config.model_dump(exclude={"vae_path"}):
+            raise OnnxModelError(f"{self.step_path} was exported from a different cascade config than the one to verify against")
+        gen = torch.Generator().manual_seed(0)
+        t = 2 if self.config.mode == "fps" else 1
+        h = 2 * self.config.dit.patch_size
+        base = torch.randn(1, self.latent_spec.channels, t, h, h, generator=gen)
+        reference = CascadeDecoder(model, self.settings)
+        with torch.no_grad():
+            expected = reference.refine(base, seed=0)
+            got = self.refine(base, seed=0)
+            err = float((got - expected.cpu()).abs().max())
+            video_err = float((self.decode_latents(expected.cpu()) - reference.decode_latents(expected).cpu()).abs().max())
+        err = max(err, video_err)
+        if not err <= tolerance:
+            raise OnnxParityError(
+                f"{self.step_path.parent}: ONNX Runtime decode differs from PyTorch by {err:.3g} (> {tolerance:g})"
+            )
+        return err
