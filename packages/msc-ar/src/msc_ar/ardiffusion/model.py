@@ -318,9 +318,10 @@ class ARDiffusion(nn.Module):
         self.config = config
         self.backbone = MSCTransformer(config.transformer)
         self.condition_embedder = ConditionEmbedder(config) if config.conditioning else None
-        # derived from the config, so not saved with the weights
-        alphas_cumprod = make_alphas_cumprod(config.noise_schedule, config.num_timesteps)
-        self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)  # (T,) float64
+        # Derived from the config, so not saved with the weights; a plain float64 CPU
+        # tensor, not a buffer, so `model.half()` cannot round the schedule (the
+        # diffusion functions move it to the timesteps' device).
+        self.alphas_cumprod = make_alphas_cumprod(config.noise_schedule, config.num_timesteps)  # (T,)
 
     @property
     def frame_dim(self) -> int:
@@ -430,8 +431,11 @@ class ARDiffusion(nn.Module):
             raise ValueError(
                 f"t must be per-frame timesteps [B, T]=({x.shape[0]}, {x.shape[self.frame_dim]}), got {tuple(t.shape)}"
             )
-        if t.is_floating_point() or t.numel() and (int(t.min()) < -1 or int(t.max()) >= self.config.num_timesteps):
-            raise ValueError(f"t must be integers in -1..{self.config.num_timesteps - 1}")
+        low, high = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
+        if t.is_floating_point() or low < -1 or high >= self.config.num_timesteps:
+            raise ValueError(
+                f"t must be integers in -1..{self.config.num_timesteps - 1} (-1 = clean), got {t.dtype} {low}..{high}"
+            )
         t_model = t.clamp(min=CLEAN_TIMESTEP)
         out = self.backbone(self.to_grid(x), t_model, cond, cache=cache, update_cache=update_cache, frame_offset=frame_offset)
         return self.from_grid(out)

@@ -122,10 +122,12 @@ def plan_ad_sampling(
     if num_frames > window:
         check_sliding_window(num_new, num_steps, offset, window)
     before, after, moving = ad_step_transitions(schedule)
-    to_t = lambda steps: ad_timesteps(steps, num_train_timesteps, num_steps)  # noqa: E731
-    clean = torch.full((schedule.shape[0], num_prefix), CLEAN, dtype=torch.long)
-    t_before = torch.cat([clean, to_t(before)], dim=1)  # (N, F)
-    t_after = torch.cat([clean, to_t(after)], dim=1)
+    clean = torch.full((schedule.shape[0], num_prefix), CLEAN, dtype=torch.long)  # the prefix
+
+    def all_frames(steps: torch.Tensor) -> torch.Tensor:
+        return torch.cat([clean, ad_timesteps(steps, num_train_timesteps, num_steps)], dim=1)  # (N, F)
+
+    t_before, t_after = all_frames(before), all_frames(after)
     first, last, start = [], [], []
     for row in moving:
         idx = row.nonzero().flatten() + num_prefix
