@@ -164,7 +164,8 @@ def _scaled(dim: Any, factor: int) -> Any:
 def _quiet_exporter() -> Iterator[None]:
     """Keep the exporters' progress prints (stdout) and draft_export's report (a multi-page
     graph dump at WARNING) out of the caller's output; our own log says what happened."""
-    noisy = [logging.getLogger(name) for name in ("torch.export._draft_export", "torch.onnx", "onnxscript", "onnx_ir")]
+    noisy = [logging.getLogger(name) for name in (
+        "torch.export._draft_export", "torch.fx.experimental.symbolic_shapes", "torch.onnx", "onnxscript", "onnx_ir")]
     levels = [log.level for log in noisy]
     for log in noisy:
         log.setLevel(logging.ERROR)
@@ -316,28 +317,42 @@ def export_arvae_decoder(
     return ExportReport(path, ARVAE_DECODER, exporter, opset, err, {"latents": tuple(probe[0].shape)})
 
 
+def generic_step_sizes(window: int, chunk: int) -> tuple[int, int, int]:
+    """Example (frames, rows, cols) in tokens for tracing the step: every axis needs padding
+    and holds at least two groups, and no two axes are equal. draft_export assumes what
+    the example shows about sizes it cannot reason about (e.g. "one spatial window"), so
+    the example must be the general case."""
+    rows, cols = 2 * window + 1, 2 * window + 3
+    frames = 2 * chunk + 1
+    while frames in (rows, cols):
+        frames += chunk
+    return frames, rows, cols
+
+
 def export_cascade_step(
     model: CascadeModel,
     path: str | Path,
     opset: int = DEFAULT_OPSET,
     tolerance: float = 1e-4,
-    latent_size: tuple[int, int] | None = None,
 ) -> ExportReport:
-    """Export one cascade denoising step (dynamic batch, latent frames, height, width)."""
+    """Export one cascade denoising step (dynamic batch, latent frames, height, width).
+
+    Parity is checked at several sizes unlike the export example, including one frame,
+    batch 1 and sizes that fit one grid group exactly.
+    """
     path = Path(path)
     cfg = model.config
-    p = cfg.dit.patch_size
-    size = latent_size or (4 * p, 5 * p)
+    p, window, chunk = cfg.dit.patch_size, cfg.dit.window, cfg.dit.chunk
     gen = torch.Generator().manual_seed(0)
     C = cfg.dit.latent_channels
 
-    def example(batch: int, frames: int, hw: tuple[int, int], t: int, t_next: int) -> tuple[torch.Tensor, ...]:
-        x = torch.randn(batch, C, frames, *hw, generator=gen)
-        base = torch.randn(batch, C, frames, *hw, generator=gen)
+    def example(batch: int, frames: int, rows: int, cols: int, t: int, t_next: int) -> tuple[torch.Tensor, ...]:
+        x = torch.randn(batch, C, frames, rows * p, cols * p, generator=gen)
+        base = torch.randn(batch, C, frames, rows * p, cols * p, generator=gen)
         return x, base, torch.full((batch,), t, dtype=torch.long), torch.full((batch,), t_next, dtype=torch.long)
 
     T = cfg.num_timesteps
-    args = example(2, 5, size, T // 2, T // 4)
+    args = example(2, *generic_step_sizes(window, chunk), T // 2, T // 4)
     d = _dims()
     grid = {0: d["batch"], 2: d["frames"], 3: d["height"], 4: d["width"]}
     dynamic = (grid, grid, {0: d["batch"]}, {0: d["batch"]})
@@ -348,9 +363,13 @@ def export_cascade_step(
         module, args, path, CASCADE_STEP, ["x_t", "base_up", "t", "t_next"], ["x_next"], dynamic, metadata, opset,
         draft=True,
     )
-    probe = example(3, 7, (size[0] + p, size[1] + 2 * p), T - 1, -1)
-    err = _parity(path, CASCADE_STEP, module, probe, tolerance)
-    return ExportReport(path, CASCADE_STEP, exporter, opset, err, {"x_t": tuple(probe[0].shape)})
+    probes = [
+        example(1, 1, window, window + 1, T - 1, -1),  # one frame, one window exactly, last step
+        example(3, chunk, 1, 2 * window, T // 3, T // 5),  # one chunk exactly, one row
+        example(2, 3 * chunk + 2, window + 2, 1, 1, -1),
+    ]
+    err = max(_parity(path, CASCADE_STEP, module, probe, tolerance) for probe in probes)
+    return ExportReport(path, CASCADE_STEP, exporter, opset, err, {"x_t": tuple(probes[-1][0].shape)})
 
 
 def export_cascade(model: CascadeModel, directory: str | Path, opset: int = DEFAULT_OPSET) -> dict[str, ExportReport]:

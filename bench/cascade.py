@@ -1,0 +1,318 @@
+"""Cascade decoder quality and ONNX Runtime speed on bundled real video (CPU).
+
+    flock /tmp/msc-bench.lock .venv/bin/python bench/cascade.py --minutes 3
+
+1. A tiny CausalVAE3D (4x temporal, 8x spatial, 8 latent channels) is trained for
+   50% of `--minutes` on 5-frame clips (or loaded with `--vae DIR`), then frozen.
+2. Two cascades (sr, fps) are trained for 25% of `--minutes` each (50% with `--vae`),
+   including encoding a pool of 256 (sr) / 128 (fps) clips once, on latents of random
+   64x64 crops of `bigbuckbunny.mp4` and `bikes.mp4` (msc-data's sample videos,
+   short side resized to 96 with area averaging; random horizontal flips).
+3. Held-out: consecutive clips of `carphone_pristine.mp4` (another source), center 64x64.
+   - sr: ground truth `x` (5 frames, 64x64); base = VAE latent of `x` area-downsized 4x.
+     cascade = `CascadeDecoder.decode(base)`; baseline = bicubic 4x upsampling of the
+     VAE decode of the base latent (what one gets without the cascade).
+   - fps: ground truth `x` (17 frames); base = VAE latent of frames 0, 4, ..., 16.
+     cascade = decode to 17 frames; baselines = the decoded 5 frames repeated
+     (sample-and-hold) and linearly blended between neighbours.
+   - `vae_recon_*`: the VAE's own reconstruction of `x` (the ceiling for the cascade,
+     which can only be as sharp as the VAE decoder).
+   PSNR / SSIM from `msc_data.metrics` (per frame, averaged over frames and clips).
+4. ONNX: the VAE decoder, the AR-VAE decoder (tiny, untrained) and the sr cascade step
+   are exported (`msc_cascade.onnx_export`); `onnx_parity_max_abs_err` is each export's
+   parity check at a batch size / frame count different from the export, plus a full
+   `OnnxCascadeDecoder.decode` vs `CascadeDecoder.decode`.
+   `torch_ms` / `ort_ms`: median wall time on CPU, same thread count for both, of one
+   VAE decode (17 frames, 64x64, batch 1) and one cascade step (5 x 8 x 8 latent, batch 1).
+   Exporting the step (draft_export) takes several minutes for this DiT on 2 cores.
+
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from msc_cascade.cascade_decoder import CascadeDecoder, CascadeDecodeSettings
+from msc_cascade.cascade_model import CascadeConfig, CascadeModel, suggest_latent_scale
+from msc_cascade.onnx_export import OnnxCascadeDecoder, OnnxVAEDecoder, export_arvae_decoder, export_cascade
+from msc_core.checkpoint import from_pretrained, save_pretrained
+from msc_core.runtime import seed_everything
+from msc_data import metrics
+from msc_data.sample_videos import sample_video_paths
+from msc_data.video_io import iter_video_frames
+from msc_data.video_tensor import frames_to_video
+from msc_tokenizers import ARVAE, ARVAEConfig, CausalVAE3D, CausalVAE3DConfig
+
+TRAIN_SOURCES = ("bigbuckbunny.mp4", "bikes.mp4")
+HELDOUT_SOURCE = "carphone_pristine.mp4"
+SIZE = 64
+SR_FRAMES, FPS_FRAMES = 5, 17
+DIT = dict(dim=64, depth=4, num_heads=4, window=4, chunk=2, timestep_frequency_dim=64)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# data
+
+
+def load_frames(name: str) -> np.ndarray:
+    (path,) = [p for p in sample_video_paths() if p.name == name]
+    return np.stack(list(iter_video_frames(path, fps=None, size=96)))  # (T, 96, 96, 3)
+
+
+class RandomClips:
+    def __init__(self, videos: list[np.ndarray], seed: int) -> None:
+        self.videos, self.rng = videos, np.random.default_rng(seed)
+        lengths = np.array([len(v) for v in videos], dtype=np.float64)
+        self.weights = lengths / lengths.sum()
+
+    def batch(self, batch_size: int, num_frames: int) -> torch.Tensor:
+        clips = []
+        for _ in range(batch_size):
+            v = self.videos[self.rng.choice(len(self.videos), p=self.weights)]
+            t0 = self.rng.integers(0, len(v) - num_frames + 1)
+            y0, x0 = self.rng.integers(0, v.shape[1] - SIZE + 1, size=2)
+            clip = v[t0:t0 + num_frames, y0:y0 + SIZE, x0:x0 + SIZE]
+            if self.rng.random() < 0.5:
+                clip = clip[:, :, ::-1]
+            clips.append(frames_to_video(np.ascontiguousarray(clip)))
+        return torch.stack(clips)
+
+
+def heldout_clips(frames: np.ndarray, num_frames: int, limit: int) -> torch.Tensor:
+    top = (frames.shape[1] - SIZE) // 2
+    frames = frames[:, top:top + SIZE, top:top + SIZE]
+    n = min(limit, len(frames) // num_frames)
+    return torch.stack([frames_to_video(frames[i * num_frames:(i + 1) * num_frames]) for i in range(n)])
+
+
+# -----------------------------------------------------------------------------
+# training
+
+
+def train_for(step_fn, params: list[torch.Tensor], seconds: float, lr: float, name: str) -> int:
+    """AdamW, short warm-up, cosine decay over a wall-clock budget; returns the step count."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    start, step, recent = time.perf_counter(), 0, []
+    while (elapsed := time.perf_counter() - start) < seconds:
+        scale = min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * elapsed / seconds)))
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+        loss = step_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        recent.append(loss.item())
+        step += 1
+        if step % 50 == 0:
+            log(f"[{name}] step {step} t={elapsed:.0f}s loss {sum(recent) / len(recent):.4f}")
+            recent = []
+    return step
+
+
+def train_vae(clips: RandomClips, seconds: float) -> CausalVAE3D:
+    vae = CausalVAE3D(CausalVAE3DConfig.preset("tiny", latent_channels=8)).train()
+    steps = train_for(lambda: vae.training_losses({"video": clips.batch(4, 5)})["loss"],
+                      list(vae.parameters()), seconds, 2e-3, "vae")
+    log(f"[vae] {steps} steps")
+    return vae.eval()
+
+
+@torch.no_grad()
+def latent_pool(model: CascadeModel, clips: RandomClips, num_frames: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    targets, bases = [], []
+    for _ in range(count // 16):
+        target, base = model.encode_pair(clips.batch(16, num_frames))
+        targets.append(target)
+        bases.append(base)
+    return torch.cat(targets), torch.cat(bases)
+
+
+def train_cascade(mode: str, vae_dir: Path, clips: RandomClips, seconds: float, steps: int) -> tuple[CascadeModel, int]:
+    frames = SR_FRAMES if mode == "sr" else FPS_FRAMES
+    config = CascadeConfig(mode=mode, dit={**DIT, "latent_channels": 8}, vae_path=str(vae_dir), sample_steps=steps,
+                           num_frames=frames, height=SIZE, width=SIZE)
+    model = CascadeModel(config)
+    start = time.perf_counter()
+    targets, bases = latent_pool(model, clips, frames, 256 if mode == "sr" else 128)
+    model = CascadeModel(config.replace(latent_scale=suggest_latent_scale(targets)))
+    gen = torch.Generator().manual_seed(1)
+    model.train()
+
+    def step() -> torch.Tensor:
+        idx = torch.randint(0, len(targets), (8,), generator=gen)
+        return model.training_losses({"latents": targets[idx], "base_latents": bases[idx]}, generator=gen)["loss"]
+
+    n = train_for(step, list(model.dit.parameters()), seconds - (time.perf_counter() - start), 1e-3, f"cascade-{mode}")
+    log(f"[cascade-{mode}] {n} steps, latent_scale {model.config.latent_scale:.3f}")
+    return model.eval(), n
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+
+def scores(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    pred = pred.clamp(-1, 1)
+    return {"psnr": round(metrics.psnr(pred, truth).mean().item(), 3), "ssim": round(metrics.ssim(pred, truth).mean().item(), 4)}
+
+
+def bicubic_up(video: torch.Tensor, factor: int) -> torch.Tensor:
+    B, C, T, H, W = video.shape
+    frames = video.transpose(1, 2).reshape(B * T, C, H, W)
+    up = F.interpolate(frames, scale_factor=factor, mode="bicubic", align_corners=False)
+    return up.reshape(B, T, C, H * factor, W * factor).transpose(1, 2)
+
+
+def temporal_baselines(decoded: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame repetition (sample-and-hold) and linear blending of `t` frames -> `1 + factor (t - 1)`."""
+    t = decoded.shape[2]
+    n = 1 + factor * (t - 1)
+    position = torch.arange(n, dtype=torch.float64) / factor
+    lo = position.floor().long().clamp(max=t - 1)
+    hi = (lo + 1).clamp(max=t - 1)
+    w = (position - lo).to(decoded.dtype)[None, None, :, None, None]
+    return decoded[:, :, lo], (1 - w) * decoded[:, :, lo] + w * decoded[:, :, hi]
+
+
+@torch.no_grad()
+def evaluate(model: CascadeModel, clips: torch.Tensor) -> dict[str, dict[str, float]]:
+    decoder = CascadeDecoder(model)
+    vae = model.vae
+    preds: dict[str, list[torch.Tensor]] = {}
+    for i in range(len(clips)):
+        x = clips[i:i + 1]
+        _, base = model.encode_pair(x)
+        out = {"cascade": decoder.decode(base, seed=i), "vae_recon": vae.decode(vae.encode(x))}
+        decoded_base = vae.decode(base)
+        if model.config.mode == "sr":
+            out["bicubic"] = bicubic_up(decoded_base, model.config.factor)
+        else:
+            out["repeat"], out["blend"] = temporal_baselines(decoded_base, model.config.factor)
+        for key, value in out.items():
+            preds.setdefault(key, []).append(value)
+    return {key: scores(torch.cat(values), clips) for key, values in preds.items()}
+
+
+# -----------------------------------------------------------------------------
+# ONNX timing
+
+
+def median_ms(fn, repeats: int = 7) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(times), 2)
+
+
+@torch.no_grad()
+def onnx_section(sr: CascadeModel, heldout_sr: torch.Tensor, directory: Path) -> dict:
+    threads = torch.get_num_threads()
+    t0 = time.perf_counter()
+    reports = export_cascade(sr, directory / "sr")
+    arvae_report = export_arvae_decoder(ARVAE(ARVAEConfig.preset("tiny")).eval(), directory / "arvae.onnx")
+    export_seconds = time.perf_counter() - t0
+    parity = {name: r.parity_max_abs_err for name, r in reports.items()}
+    parity["arvae_decoder"] = arvae_report.parity_max_abs_err
+    runner = OnnxCascadeDecoder(directory / "sr", providers=["CPUExecutionProvider"], threads=threads)
+    _, base = sr.encode_pair(heldout_sr[:1])
+    parity["ort_vs_torch_decode"] = float((runner.decode(base, seed=0) - CascadeDecoder(sr).decode(base, seed=0)).abs().max())
+
+    vae = sr.vae
+    vae_onnx = OnnxVAEDecoder(directory / "sr" / "vae_decoder.onnx", ["CPUExecutionProvider"], threads=threads)
+    latents = torch.randn(1, 8, 5, SIZE // 8, SIZE // 8)
+    torch_ms = {"vae_decoder": median_ms(lambda: vae.decode(latents))}
+    ort_ms = {"vae_decoder": median_ms(lambda: vae_onnx.decode(latents))}
+    x = torch.randn(1, 8, 5, SIZE // 8, SIZE // 8)
+    t, t_next = torch.tensor([999]), torch.tensor([874])
+    torch_ms["cascade_step"] = median_ms(lambda: sr.denoise_step(x, x, t, t_next))
+    ort_ms["cascade_step"] = median_ms(lambda: runner.denoise_step(x, x, t, t_next))
+    return {
+        "onnx_parity_max_abs_err": {k: float(f"{v:.3g}") for k, v in parity.items()},
+        "onnx_exporters": {**{k: r.exporter for k, r in reports.items()}, "arvae_decoder": arvae_report.exporter},
+        "onnx_export_seconds": round(export_seconds, 1),
+        "torch_ms": torch_ms,
+        "ort_ms": ort_ms,
+        "ort_speedup": {k: round(torch_ms[k] / ort_ms[k], 2) for k in torch_ms},
+        "threads": threads,
+    }
+
+
+# -----------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=3.0,
+                        help="training budget: VAE 50%%, each cascade 25%% (50%% each with --vae)")
+    parser.add_argument("--vae", type=Path, help="a trained CausalVAE3D directory (8 latent channels): skip VAE training")
+    parser.add_argument("--steps", type=int, default=8, help="DDIM steps of the cascade")
+    parser.add_argument("--eval-clips", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    seed_everything(args.seed)
+    budget = args.minutes * 60
+    started = time.perf_counter()
+
+    clips = RandomClips([load_frames(name) for name in TRAIN_SOURCES], args.seed)
+    held = load_frames(HELDOUT_SOURCE)
+    heldout_sr = heldout_clips(held, SR_FRAMES, args.eval_clips)
+    heldout_fps = heldout_clips(held, FPS_FRAMES, max(1, args.eval_clips // 2))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.vae is not None:
+            vae_dir, vae_steps = args.vae, None
+            from_pretrained(CausalVAE3D, vae_dir)  # fail early on a bad directory
+        else:
+            vae = train_vae(clips, 0.5 * budget)
+            vae_dir, vae_steps = tmp / "vae", "trained"
+            save_pretrained(vae, vae_dir)
+        share = 0.25 if args.vae is None else 0.5
+        sr, sr_steps = train_cascade("sr", vae_dir, clips, share * budget, args.steps)
+        fps, fps_steps = train_cascade("fps", vae_dir, clips, share * budget, args.steps)
+        train_seconds = time.perf_counter() - started
+        log("evaluating")
+        result = {
+            "minutes": args.minutes,
+            "train_seconds": round(train_seconds, 1),
+            "vae": "loaded" if vae_steps is None else "trained",
+            "ddim_steps": args.steps,
+            "sr": {"train_steps": sr_steps, "heldout_clips": len(heldout_sr), **evaluate(sr, heldout_sr)},
+            "fps": {"train_steps": fps_steps, "heldout_clips": len(heldout_fps), **evaluate(fps, heldout_fps)},
+        }
+        log(json.dumps(result))
+        log("exporting to ONNX")
+        result.update(onnx_section(sr, heldout_sr, tmp / "onnx"))
+    sr_r, fps_r = result["sr"], result["fps"]
+    result["sr_beats_bicubic"] = {m: sr_r["cascade"][m] > sr_r["bicubic"][m] for m in ("psnr", "ssim")}
+    result["fps_beats_best_baseline"] = {
+        m: fps_r["cascade"][m] > max(fps_r["repeat"][m], fps_r["blend"][m]) for m in ("psnr", "ssim")
+    }
+    result["load_average"] = round(os.getloadavg()[0], 2)
+    result["total_seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
