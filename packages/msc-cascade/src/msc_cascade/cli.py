@@ -100,10 +100,10 @@ def upscale(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
         if args.command == "upscale":
-            return upscale(args)
+            with torch.no_grad():  # scoped: main() is also called in-process (tests, notebooks)
+                return upscale(args)
     except (VideoFileError, FileNotFoundError, ValueError) as err:
         print(f"msc-cascade: error: {err}", file=sys.stderr)
         return EXIT_USAGE
