@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from msc_ar.ardiffusion.model import ARDiffusionConfig
+from msc_ar.ardiffusion import ARDiffusionConfig
 from msc_core.config import ConfigError
 from msc_ray_train.cli import main
 from msc_ray_train.job import TrainJob, job_from_dict, load_job

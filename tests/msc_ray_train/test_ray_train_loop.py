@@ -191,3 +191,30 @@ def test_finished_run_reports_once_and_trains_no_further(make_job_dict) -> None:
     assert run_training_loop(job, 0, 1, CPU, first.latest, again) == "finished"
     assert again.reports == [{"step": 2, "status": "finished", "start_step": 2, "world_size": 1}]
     assert again.checkpoints == []
+
+
+def test_training_samples_are_the_ema_models_seeded_samples(make_job_dict) -> None:
+    from msc_core.interfaces import GenerationRequest
+    from msc_ray_train.sampling import load_trained_model
+    from msc_ray_train.video_output import read_gif, video_to_rgb_frames
+
+    job = job_from_dict(make_job_dict("sampled", steps=2, sample_every=2, sample_steps=3, seed=5))
+    run_training_loop(job, 0, 1, CPU, None, RaylikeReporter(job.run_dir))
+    frames = read_gif(job.run_dir / "samples" / "step-00000002.gif")
+    ema_model = load_trained_model(job.run_dir)  # the exported EMA weights at step 2
+    video = ema_model.generate(GenerationRequest(num_frames=4, seed=5, num_steps=3))[0]
+    expected = video_to_rgb_frames(video, scale=4)
+    assert frames.shape[1:] == (64, 64, 3)
+    assert abs(frames[0].astype(int) - expected[0].astype(int)).max() <= 2  # GIF palette rounding
+
+
+def test_tensorboard_without_the_package_is_refused_before_ray_starts(make_job_dict) -> None:
+    import importlib.util
+
+    from msc_core.config import ConfigError
+    from msc_ray_train.launch import run_training
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed: nothing to refuse")
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        run_training(job_from_dict(make_job_dict(tensorboard=True)))

@@ -34,7 +34,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.gpu:
         overrides["scaling.use_gpu"] = True
     job = load_job(args.job, overrides=overrides)
-    outcome = run_training(job, address=args.address, progress=not args.no_progress)
+    outcome = run_training(job, address=args.address, progress=not args.no_progress, ray_logs=args.ray_logs)
     loss = outcome.metrics.get("loss")
     print(
         f"run {job.run.name!r}: step {outcome.step}/{job.steps}"
@@ -60,7 +60,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         if prefix.shape[2] >= args.frames:
             raise ValueError(f"--frames {args.frames} must exceed the {prefix.shape[2]} prefix frames it includes")
     video = generate_video(
-        model, args.frames, seed=args.seed, num_steps=args.steps, offset=args.offset, prefix=prefix,
+        model, args.frames, seed=args.seed, num_steps=args.steps, offset=args.offset, eta=args.eta, prefix=prefix,
         progress=not args.no_progress,
     )
     height = video.shape[-2]
@@ -73,7 +73,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from msc_ray_train.demo import run_demo
 
-    summary = run_demo(args.out, address=args.address, progress=not args.no_progress)
+    summary = run_demo(args.out, address=args.address, progress=not args.no_progress, ray_logs=args.ray_logs)
     print(json.dumps(summary, indent=2))
     print(f"wrote {Path(args.out) / 'sample.mp4'}, sample.gif, real.gif, loss.png, metrics.json")
     return 0
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gpu", action="store_true", help="override scaling.use_gpu to true")
     train.add_argument("--address", help="Ray cluster address (default: start a local Ray on this machine)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--ray-logs", action="store_true", help="show the output of Ray's workers and controller")
     train.set_defaults(run=_cmd_train)
 
     sample = commands.add_parser("sample", help="generate a video from a trained model",
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "up to frames - 1)")
     sample.add_argument("--offset", type=int, help="AD scheduler offset s (0: synchronous, steps: autoregressive)")
     sample.add_argument("--steps", type=int, default=50, help="denoising steps per frame (default 50)")
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic (default), 1 ancestral")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--fps", type=float, default=8.0)
     sample.add_argument("--scale", type=int, help="enlarge frames by this integer factor (default: to >= 128 px)")
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("msc-demo"), help="output directory (default ./msc-demo)")
     demo.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument("--ray-logs", action="store_true", help="show the output of Ray's workers and controller")
     demo.set_defaults(run=_cmd_demo)
     return parser
 

@@ -33,7 +33,9 @@ from msc_core.config import ConfigError
 
 from msc_ray_train.job import TrainJob
 from msc_ray_train.train_checkpoint import EXPORT_DIR, latest_valid_checkpoint, read_job_dict, read_trainer_state
-from msc_ray_train.train_loop import METRICS_FILE, read_metrics, train_worker
+from msc_ray_train.train_loop import EVENTS_FILE, METRICS_FILE, read_metrics, train_worker
+
+logger = logging.getLogger("msc_ray_train")
 
 # Defaults for runs started from this process (a user's own settings win): no usage
 # reporting, no token auth on a private local cluster, and a 0.2 s controller poll
@@ -93,14 +95,45 @@ def check_resumable(job: TrainJob) -> int:
     return read_trainer_state(latest).step
 
 
-class _ProgressMonitor:
-    """Follows `<run>/metrics.jsonl` in a thread and shows the step on a tqdm bar."""
+class _JsonlFollower:
+    """The complete lines appended to a JSONL file since this follower was created."""
 
-    def __init__(self, run_dir: Path, total: int, start: int, enabled: bool) -> None:
-        self.path = run_dir / METRICS_FILE
-        self.offset = self.path.stat().st_size if self.path.is_file() else 0
-        self.bar = tqdm(total=total, initial=start, unit="step", desc=run_dir.name, disable=not enabled,
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.is_file() else 0
+
+    def new_records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete, _, _ = chunk.rpartition(b"\n")  # a line being written is read next time
+        if not complete:
+            return []
+        self.offset += len(complete) + 1
+        records = []
+        for line in complete.decode().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+
+class _ProgressMonitor:
+    """Follows `<run>/metrics.jsonl` and `events.jsonl` in a thread: a tqdm bar of the
+    step, and one line per (re)start of the worker group (resumes, restarts, skipped
+    damaged checkpoints)."""
+
+    def __init__(self, job: TrainJob, start: int, enabled: bool) -> None:
+        self.job = job
+        self.metrics = _JsonlFollower(job.run_dir / METRICS_FILE)
+        self.events = _JsonlFollower(job.run_dir / EVENTS_FILE)
+        self.starts = 0
+        self.bar = tqdm(total=job.steps, initial=start, unit="step", desc=job.run.name, disable=not enabled,
                         dynamic_ncols=True)
+        self.enabled = enabled
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._follow, daemon=True)
 
@@ -118,25 +151,27 @@ class _ProgressMonitor:
         while not self.stop_event.wait(0.5):
             self._poll()
 
+    def _say(self, line: str) -> None:
+        if self.enabled:
+            self.bar.write(line)
+        else:
+            logger.info(line)
+
     def _poll(self) -> None:
-        if not self.path.is_file():
-            return
-        with open(self.path) as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        complete, _, _ = chunk.rpartition("\n")  # a line being written is read next time
-        if not complete:
-            return
-        self.offset += len(complete.encode()) + 1
-        for line in complete.splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for event in self.events.new_records():
+            self.starts += 1
+            if self.starts > 1:
+                self._say(f"worker group restarted after a failure ({self.starts - 1} of "
+                          f"max_failures={self.job.max_failures})")
+            for name, problem in (event.get("damaged_checkpoints") or {}).items():
+                self._say(f"skipping damaged checkpoint {name}: {problem}")
+            if event.get("resumed_from"):
+                self._say(f"resuming at step {event['step']} from {event['resumed_from']}")
+        for record in self.metrics.new_records():
             self.bar.n = int(record["step"])
             loss = record.get("loss")
             self.bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "n/a",
-                                 samples_s=f"{record.get('samples_per_s', 0):.1f}", refresh=False)
+                                 samples_s=f"{record.get('samples_per_s') or 0:.1f}", refresh=False)
             self.bar.refresh()
 
 
@@ -145,17 +180,18 @@ def resolve_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def _ensure_ray(address: str | None, job: TrainJob) -> bool:
+def _ensure_ray(address: str | None, job: TrainJob, ray_logs: bool) -> bool:
     """Connect to `address` or start a local Ray; True when this call started it."""
     import ray
 
     if ray.is_initialized():
         return False
+    options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": ray_logs}
     if address is not None:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, **options)
         return False
     cpus_needed = job.scaling.workers * (job.scaling.resources_per_worker or {}).get("CPU", 1)
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus_needed)), logging_level=logging.WARNING)
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus_needed)), **options)
     return True
 
 
@@ -171,8 +207,15 @@ def _failure_message(job: TrainJob, err: BaseException) -> str:
     return f"training run {job.run.name!r} failed {retries}: {reason}. {resume} ({job.run_dir})."
 
 
-def run_training(job: TrainJob, address: str | None = None, progress: bool = True) -> TrainOutcome:
-    """Train `job` on Ray; resume when `<storage_path>/<name>` already holds checkpoints."""
+def run_training(
+    job: TrainJob, address: str | None = None, progress: bool = True, ray_logs: bool = False
+) -> TrainOutcome:
+    """Train `job` on Ray; resume when `<storage_path>/<name>` already holds checkpoints.
+
+    `ray_logs`: show the output of Ray's actors (workers, controller) on this console
+    when this call starts or connects to Ray; off by default (it lands in Ray's session
+    logs), since the progress bar and the run's events already say what happens.
+    """
     if job.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("tensorboard: true needs the `tensorboard` package: pip install tensorboard")
     start_step = check_resumable(job)
@@ -183,7 +226,7 @@ def run_training(job: TrainJob, address: str | None = None, progress: bool = Tru
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started = time.perf_counter()
-    owns_ray = _ensure_ray(address, job)
+    owns_ray = _ensure_ray(address, job, ray_logs)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         train_worker,
@@ -202,7 +245,7 @@ def run_training(job: TrainJob, address: str | None = None, progress: bool = Tru
         ),
     )
     try:
-        with _ProgressMonitor(job.run_dir, job.steps, start_step, enabled=progress):
+        with _ProgressMonitor(job, start_step, enabled=progress):
             result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise TrainingFailed(_failure_message(job, err)) from None

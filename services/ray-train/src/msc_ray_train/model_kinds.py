@@ -21,7 +21,7 @@ from typing import Annotated, Any, Callable, Union
 from pydantic import Field
 from torch import nn
 
-from msc_ar.ardiffusion.model import ARDiffusion, ARDiffusionConfig
+from msc_ar.ardiffusion import ARDiffusion, ARDiffusionConfig
 from msc_core.config import Config
 
 

@@ -100,13 +100,17 @@ def generate_video(
     seed: int = 0,
     num_steps: int = 50,
     offset: int | None = None,
+    eta: float = 0.0,
     prefix: torch.Tensor | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """One sampled video `(C, T, H, W)` in [-1, 1]; `prefix` frames are kept and continued."""
+    """One sampled video `(C, T, H, W)` in [-1, 1]; `prefix` frames are kept and continued.
+
+    `eta`: DDIM noise (0 deterministic, 1 DDPM-like ancestral sampling).
+    """
     request = GenerationRequest(
         num_frames=num_frames, seed=seed, num_steps=num_steps, prefix=prefix,
-        scheduler=SchedulerParams(offset=offset),
+        scheduler=SchedulerParams(offset=offset, eta=eta),
     )
     kwargs = {}
     bar = tqdm(desc="sampling", unit="iter", disable=not progress, leave=False)

@@ -137,6 +137,15 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def checkpoint_problem(directory: str | Path) -> str | None:
+    """Why `directory` is not a usable checkpoint, or None when it verifies."""
+    try:
+        verify_checkpoint(directory)
+    except CorruptCheckpointError as err:
+        return str(err)
+    return None
+
+
 def read_trainer_state(directory: str | Path) -> TrainerState:
     return TrainerState.from_dict(json.loads((Path(directory) / STATE_FILE).read_text()))
 

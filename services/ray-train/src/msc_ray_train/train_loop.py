@@ -50,6 +50,8 @@ from msc_ray_train.optimization import build_optimizer, build_scheduler
 from msc_ray_train.train_checkpoint import (
     CorruptCheckpointError,
     TrainerState,
+    checkpoint_dirs,
+    checkpoint_problem,
     export_model,
     latest_valid_checkpoint,
     load_checkpoint,
@@ -288,9 +290,10 @@ def run_training_loop(
     clip_tokens = tokens_per_clip(job.model)
     writer = _tensorboard_writer(run_dir) if job.tensorboard and rank == 0 else None
     if rank == 0:
+        damaged = {d.name: problem for d in checkpoint_dirs(run_dir) if (problem := checkpoint_problem(d))}
         _append_jsonl(run_dir / EVENTS_FILE, {
             "event": "start", "time": time.time(), "step": start_step, "world_size": world_size,
-            "resumed_from": str(restored) if restored else None,
+            "resumed_from": str(restored) if restored else None, "damaged_checkpoints": damaged,
         })
 
     loss_names: list[str] | None = None
