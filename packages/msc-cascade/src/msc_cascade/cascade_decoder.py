@@ -33,7 +33,7 @@ from msc_core.config import Config
 from msc_core.diffusion import ddim_timestep_grid
 from msc_core.interfaces import LatentSpec
 from msc_core.runtime import resolve_device
-from msc_tokenizers.spatial_tiling import tiled_map
+from msc_tokenizers.spatial_tiling import tile_starts, tiled_map
 
 # (done, total) work units: DDIM steps of all pieces, then VAE tiles
 ProgressFn = Callable[[int, int], None]
@@ -106,8 +106,6 @@ class CascadeDecodePipeline:
         s = self.settings
         if s.vae_tile_size is None:
             return 1
-        from msc_tokenizers.spatial_tiling import tile_starts
-
         _, H, W = size
         if H <= s.vae_tile_size and W <= s.vae_tile_size:
             return 1
@@ -227,7 +225,9 @@ def load_cascade(
         return from_pretrained(CascadeModel, checkpoint, device=target)
     config = CascadeConfig.load(config_path).replace(vae_path=str(vae_path))
 
-    class _WithVAE(CascadeModel):  # from_pretrained builds cls(config) from config.json
+    # from_pretrained builds `cls(config)` from config.json; this subclass builds it with the
+    # overridden vae_path instead, so loading and its error messages stay in one place
+    class _WithVAE(CascadeModel):
         def __init__(self, _config: CascadeConfig) -> None:
             super().__init__(config)
 

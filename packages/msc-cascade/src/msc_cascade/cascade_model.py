@@ -297,7 +297,7 @@ class CascadeModel(nn.Module):
         """Refine the video in `request.prefix` `[B, 3, N, H, W]` (the low-resolution or
         low-frame-rate input) to the 4x larger / smoother video, with `request.num_steps`
         DDIM steps and `request.seed`."""
-        from msc_cascade.cascade_decoder import CascadeDecoder, CascadeDecodeSettings
+        from msc_cascade.cascade_decoder import CascadeDecoder, CascadeDecodeSettings  # imports this module
 
         if request.prefix is None:
             raise ValueError(

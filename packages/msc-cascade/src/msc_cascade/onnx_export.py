@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from msc_cascade.cascade_decoder import CascadeDecodePipeline, CascadeDecodeSettings, load_cascade
+from msc_cascade.cascade_decoder import CascadeDecodePipeline, CascadeDecoder, CascadeDecodeSettings, load_cascade
 from msc_cascade.cascade_model import CascadeConfig, CascadeModel
 from msc_cascade.cascade_sampling import cascade_ddim_step
 from msc_core.checkpoint import atomic_write_bytes
@@ -593,8 +593,6 @@ class OnnxCascadeDecoder(CascadeDecodePipeline):
 
     def verify_against(self, model: CascadeModel, tolerance: float = 1e-3) -> float:
         """Max abs error of one full decode of a random base latent, ONNX Runtime vs PyTorch."""
-        from msc_cascade.cascade_decoder import CascadeDecoder
-
         if model.config.model_dump(exclude={"vae_path"}) != self.config.model_dump(exclude={"vae_path"}):
             raise OnnxModelError(f"{self.step_path} was exported from a different cascade config than the one to verify against")
         gen = torch.Generator().manual_seed(0)
