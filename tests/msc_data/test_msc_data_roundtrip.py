@@ -303,8 +303,12 @@ def _read_keys_in_process_group(rank: int, world_size: int, init_file: str, shar
 
 
 @pytest.mark.slow
-def test_rank_comes_from_an_initialised_process_group(shards, tmp_path: Path) -> None:
+def test_rank_comes_from_an_initialised_process_group(shards, tmp_path: Path, monkeypatch) -> None:
     out, manifest = shards
+    # spawned workers unpickle `_read_keys_in_process_group` by its module name and copy the
+    # parent's sys.path, which must hold the repository root (the `pytest` console script
+    # does not add the cwd, unlike `python -m pytest`)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     torch.multiprocessing.start_processes(
         _read_keys_in_process_group, args=(2, str(tmp_path / "init"), str(out), str(tmp_path)), nprocs=2,
         start_method="spawn",
