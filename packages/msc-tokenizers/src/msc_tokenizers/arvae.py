@@ -45,8 +45,8 @@ class ARVAEConfig(Config):
     frame_size: tuple[int, int] = Field(default=(64, 64), description="(H, W) the model encodes and decodes")
     patch_size: int = Field(default=8, gt=0)
     num_latent_tokens: int = Field(default=32, gt=0, description="L")
-    latent_dim: int = Field(default=8, gt=0, description="D")
-    width: int = Field(default=192, gt=0)
+    latent_dim: int = Field(default=16, gt=0, description="D")
+    width: int = Field(default=128, gt=0)
     encoder_depth: int = Field(default=4, ge=1)
     decoder_depth: int = Field(default=4, ge=1)
     num_heads: int = Field(default=4, gt=0)
@@ -57,6 +57,11 @@ class ARVAEConfig(Config):
         description="earlier frames whose latent tokens each decoder layer sees (None = all); "
         "the decoder's reach is decoder_depth * context_frames frames",
     )
+    linear_shortcut: bool = Field(
+        default=True,
+        description="latent token l also carries a linear code of patch group l (row-major groups of "
+        "N/L patches), decoded linearly beside the transformers; needs N % L == 0",
+    )
     losses: AutoencoderLossConfig = AutoencoderLossConfig()
 
     @model_validator(mode="after")
@@ -65,6 +70,12 @@ class ARVAEConfig(Config):
             raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
         for axis, size in zip(("height", "width"), self.frame_size):
             num_patches(size, self.patch_size, f"frame {axis}")
+        patches = self.grid[0] * self.grid[1]
+        if self.linear_shortcut and patches % self.num_latent_tokens:
+            raise ValueError(
+                f"linear_shortcut needs the {patches} patches per frame to split evenly over "
+                f"num_latent_tokens={self.num_latent_tokens}; use a divisor of {patches} or linear_shortcut=False"
+            )
         return self
 
     @property
@@ -274,8 +285,20 @@ class ARVAE(nn.Module):
         self.decoder_blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.decoder_depth))
         self.decoder_norm = nn.LayerNorm(c.width)
         self.to_pixels = nn.Linear(c.width, patch_dim)
+        # Linear patch-group <-> token paths, shared by all tokens like a strided conv:
+        # a local code that generalises from little data, with the transformers learning
+        # the rest (the paper instead starts from a pretrained TiTok). Per frame, so the
+        # encoder stays time-agnostic and the decoder causal.
+        group = gh * gw // c.num_latent_tokens * patch_dim
+        self.shortcut_in = nn.Linear(group, c.latent_dim) if c.linear_shortcut else None
+        self.shortcut_out = nn.Linear(c.latent_dim, group) if c.linear_shortcut else None
         self.loss = AutoencoderLoss(c.losses)
         self.apply(self._init_weights)
+        if c.linear_shortcut:
+            # unit gain in; zero out, so the decoder does not start by amplifying the
+            # posterior noise into the pixels
+            nn.init.normal_(self.shortcut_in.weight, std=self.shortcut_in.in_features**-0.5)
+            nn.init.zeros_(self.shortcut_out.weight)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -344,6 +367,8 @@ class ARVAE(nn.Module):
             x = block(x)
         moments = self.to_moments(self.encoder_norm(x[:, -L:]))  # (B*T, L, 2D)
         mean, logvar = moments.view(B, T, L, -1).chunk(2, dim=-1)
+        if self.shortcut_in is not None:
+            mean = mean + self.shortcut_in(patches.reshape(B, T, L, -1))  # (B, T, L, D)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def forward_decoder(
@@ -373,6 +398,8 @@ class ARVAE(nn.Module):
             x, lat_k, lat_v = block(x, L, cache[2 * i], cache[2 * i + 1])
             new_cache += [lat_k, lat_v]
         patches = self.to_pixels(self.decoder_norm(x[:, :, L:]))  # (B, T, N, C*p*p)
+        if self.shortcut_out is not None:
+            patches = patches + self.shortcut_out(latents).view_as(patches)  # (B, T, L, g*P) -> (B, T, N, P)
         return self.unpatchify(patches), new_cache
 
     # --- Tokenizer API ----------------------------------------------------------------
