@@ -25,13 +25,14 @@ Last line: one JSON object.
   tiles with 32-pixel overlap vs untiled.
 - `chunked_peak_mb` (per frame count 17 / 33 / 65): working memory of the chunked VAE
   decode (1 latent frame per chunk, 256x256 frames, batch 1, one thread). Each
-  measurement runs in a FRESH subprocess: `ru_maxrss` after the decode minus the RSS
-  just before it. Before that point the model, the latents and the output buffer are
+  measurement runs in a FRESH subprocess: the peak RSS (`VmHWM`, reset just before the
+  decode through /proc/self/clear_refs) minus the RSS at that point. Before that point the model, the latents and the output buffer are
   allocated (the clip's own pixels are not working memory) and one latent frame has
   been decoded once (oneDNN's one-off kernel caches are not either). glibc runs with
   `MALLOC_MMAP_THRESHOLD_=65536` so freed tensors go back to the OS and RSS follows
   live memory. `full_peak_mb`: the same for the whole-clip decode (which allocates its
-  output, so that is counted). `chunked_peak_growth`: peak(65) / peak(17) - 1.
+  output, so that is counted). `chunked_peak_rss_mb`: the whole process's peak RSS
+  (torch and all). `chunked_peak_growth`: peak(65) / peak(17) - 1.
 - `*_encode_ms`, `*_decode_ms`: median wall time for one 17-frame 64x64 clip, batch 1.
 """
 
@@ -41,7 +42,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -177,9 +177,20 @@ def time_ms(fn, *args, repeats: int = 5) -> float:
 # memory probe (runs in a fresh subprocess per measurement)
 
 
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def proc_status_mb(field: str) -> float:
+    """A `kB` field of /proc/self/status (`VmRSS`, `VmHWM`) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0). Unlike `ru_maxrss`, VmHWM is not
+    inherited from the (large) parent that forked this probe."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 @torch.no_grad()
@@ -196,7 +207,8 @@ def memory_probe(mode: str, frames: int, size: int) -> dict[str, float]:
     # one-off cost of the process, not working memory of the decode.
     model.decode_chunk(latents[:, :, :1])
     model.decode(latents[:, :, :1])
-    before = current_rss_mb()
+    reset_peak_rss()
+    before = proc_status_mb("VmRSS")
     if mode == "chunked":
         cache, t = None, 0
         for i in range(latents.shape[2]):
@@ -206,12 +218,12 @@ def memory_probe(mode: str, frames: int, size: int) -> dict[str, float]:
             del chunk
     else:
         out = model.decode(latents)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    return {"peak_mb": peak - before, "maxrss_mb": peak}
+    peak = proc_status_mb("VmHWM")
+    return {"peak_mb": peak - before, "peak_rss_mb": peak}
 
 
 def measure_memory(size: int) -> dict[str, dict[str, float]]:
-    result: dict[str, dict[str, float]] = {"chunked": {}, "full": {}, "chunked_maxrss": {}}
+    result: dict[str, dict[str, float]] = {"chunked": {}, "full": {}, "chunked_rss": {}}
     for mode in ("chunked", "full"):
         for frames in (17, 33, 65):
             out = subprocess.run(
@@ -225,7 +237,7 @@ def measure_memory(size: int) -> dict[str, dict[str, float]]:
             probe = json.loads(out.stdout.strip().splitlines()[-1])
             result[mode][str(frames)] = round(probe["peak_mb"], 1)
             if mode == "chunked":
-                result["chunked_maxrss"][str(frames)] = round(probe["maxrss_mb"], 1)
+                result["chunked_rss"][str(frames)] = round(probe["peak_rss_mb"], 1)
     return result
 
 
@@ -349,7 +361,7 @@ def main() -> None:
     if not args.skip_memory:
         mem = measure_memory(args.memory_size)
         result.update(
-            chunked_peak_mb=mem["chunked"], full_peak_mb=mem["full"], chunked_maxrss_mb=mem["chunked_maxrss"],
+            chunked_peak_mb=mem["chunked"], full_peak_mb=mem["full"], chunked_peak_rss_mb=mem["chunked_rss"],
             chunked_peak_growth=round(mem["chunked"]["65"] / max(mem["chunked"]["17"], 1e-9) - 1, 3),
             memory_frame_size=args.memory_size,
         )

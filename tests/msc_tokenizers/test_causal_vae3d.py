@@ -103,8 +103,10 @@ def test_decode_step_with_explicit_zero_cache_is_the_clip_start() -> None:
 def test_chunk_errors_name_the_valid_lengths() -> None:
     vae = tiny_vae()
     _, cache = vae.encode_chunk(video(5))
-    with pytest.raises(ValueError, match="multiple of 4 frames, got 3"):
+    with pytest.raises(ValueError, match="multiple of 4 frames, got 3; nearest valid: 4$"):
         vae.encode_chunk(video(3), cache)
+    with pytest.raises(ValueError, match="got 6; nearest valid: 4 or 8"):
+        vae.encode_chunk(video(6), cache)
     with pytest.raises(ValueError, match="cache state 0 has shape"):
         vae.encode_chunk(video(4, 32, 32), cache)
 

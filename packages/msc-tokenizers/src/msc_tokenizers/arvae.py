@@ -12,11 +12,13 @@ TiTok extended to video with continuous latents:
   sit at the patch positions of each frame. Patch and latent tokens of frame `t`
   attend to every token of frame `t` (full attention within the frame) and,
   unidirectionally, to the latent tokens of frames `< t` (optionally only the last
-  `context_frames` per layer, which bounds the streaming cache), never to anything later. A per-head recency bias (ALiBi-style,
-  relative in frames) tells the decoder how old a past latent token is, so decoding
-  works past the training length.
+  `context_frames` per layer, which bounds the streaming cache), never to anything
+  later. A per-head recency bias (ALiBi-style, relative in frames) tells the decoder
+  how old a past latent token is, so decoding works past the training length.
 - Trained from scratch on pixels with the losses of `autoencoder_losses` (L1 + SSIM +
-  KL, optional 3D PatchGAN).
+  KL, optional 3D PatchGAN). Where the paper starts from a pretrained TiTok, we add a
+  linear region <-> token path beside the transformers (`linear_shortcut`), which
+  makes training from scratch converge in CPU minutes.
 
 `decode_chunk` streams: its cache holds, per decoder layer, the keys and values of the
 latent tokens of past frames (an explicit tensor list, for ONNX export).
@@ -33,6 +35,7 @@ from torch import nn
 
 from msc_core.config import Config
 from msc_core.interfaces import LatentSpec, num_patches
+from msc_core.transformer import Mlp, patchify, spatial_sincos_embedding, unpatchify
 from msc_tokenizers.autoencoder_losses import AutoencoderLoss, AutoencoderLossConfig, sample_diagonal_gaussian
 
 # -----------------------------------------------------------------------------
@@ -59,8 +62,8 @@ class ARVAEConfig(Config):
     )
     linear_shortcut: bool = Field(
         default=True,
-        description="latent token l also carries a linear code of patch group l (row-major groups of "
-        "N/L patches), decoded linearly beside the transformers; needs N % L == 0",
+        description="latent token l also carries a linear code of image region l (a row of N/L "
+        "patches, read and written with 2x overlapping windows), beside the transformers",
     )
     losses: AutoencoderLossConfig = AutoencoderLossConfig()
 
@@ -70,13 +73,22 @@ class ARVAEConfig(Config):
             raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
         for axis, size in zip(("height", "width"), self.frame_size):
             num_patches(size, self.patch_size, f"frame {axis}")
-        patches = self.grid[0] * self.grid[1]
-        if self.linear_shortcut and patches % self.num_latent_tokens:
+        gh, gw = self.grid
+        if self.linear_shortcut and (gh * gw % self.num_latent_tokens or gw % (gh * gw // self.num_latent_tokens)):
             raise ValueError(
-                f"linear_shortcut needs the {patches} patches per frame to split evenly over "
-                f"num_latent_tokens={self.num_latent_tokens}; use a divisor of {patches} or linear_shortcut=False"
+                f"linear_shortcut gives each latent token a run of patches within one row: the {gh}x{gw} "
+                f"patch grid cannot be split that way into num_latent_tokens={self.num_latent_tokens}; "
+                f"use L = {gh} * (a divisor of {gw}) or linear_shortcut=False"
             )
+        if self.linear_shortcut and self.patch_size % 2:
+            raise ValueError(f"linear_shortcut needs an even patch_size, got {self.patch_size}")
         return self
+
+    @property
+    def token_region(self) -> tuple[int, int]:
+        """(height, width) in pixels of the image region each latent token's linear code covers."""
+        gh, gw = self.grid
+        return self.patch_size, gh * gw // self.num_latent_tokens * self.patch_size
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -99,17 +111,6 @@ class ARVAEConfig(Config):
 
 # -----------------------------------------------------------------------------
 # positions and masks (pure functions)
-
-
-def sincos_2d_position_embedding(height: int, width: int, dim: int) -> torch.Tensor:
-    """Fixed 2D sine-cosine embedding `[height * width, dim]` (MAE), row-major."""
-    if dim % 4:
-        raise ValueError(f"2D sin-cos embedding needs dim divisible by 4, got {dim}")
-    quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")
-    out_y, out_x = ys.reshape(-1, 1) * omega, xs.reshape(-1, 1) * omega  # (N, dim/4)
-    return torch.cat([out_y.sin(), out_y.cos(), out_x.sin(), out_x.cos()], dim=1).float()
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -144,17 +145,6 @@ def past_latent_bias(
 
 # -----------------------------------------------------------------------------
 # transformer blocks
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, ratio: float) -> None:
-        super().__init__()
-        hidden = int(dim * ratio)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class FrameAttention(nn.Module):
@@ -231,7 +221,7 @@ class EncoderBlock(nn.Module):
         self.norm1 = nn.LayerNorm(config.width)
         self.attn = FrameAttention(config.width, config.num_heads)
         self.norm2 = nn.LayerNorm(config.width)
-        self.mlp = Mlp(config.width, config.mlp_ratio)
+        self.mlp = Mlp(config.width, int(config.width * config.mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, S, C)
         x = x + self.attn(self.norm1(x))
@@ -244,7 +234,7 @@ class DecoderBlock(nn.Module):
         self.norm1 = nn.LayerNorm(config.width)
         self.attn = CausalLatentAttention(config.width, config.num_heads, config.context_frames)
         self.norm2 = nn.LayerNorm(config.width)
-        self.mlp = Mlp(config.width, config.mlp_ratio)
+        self.mlp = Mlp(config.width, int(config.width * config.mlp_ratio))
 
     def forward(
         self, x: torch.Tensor, num_latent: int, past_k: torch.Tensor, past_v: torch.Tensor
@@ -270,7 +260,8 @@ class ARVAE(nn.Module):
         gh, gw = c.grid
         patch_dim = c.in_channels * c.patch_size**2
         self.register_buffer(
-            "patch_pos", sincos_2d_position_embedding(gh, gw, c.width), persistent=False
+            "patch_pos", spatial_sincos_embedding(gh, gw, c.width, torch.device("cpu")).reshape(gh * gw, c.width),
+            persistent=False,
         )  # (N, C)
         # encoder
         self.patch_embed = nn.Linear(patch_dim, c.width)
@@ -285,20 +276,23 @@ class ARVAE(nn.Module):
         self.decoder_blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.decoder_depth))
         self.decoder_norm = nn.LayerNorm(c.width)
         self.to_pixels = nn.Linear(c.width, patch_dim)
-        # Linear patch-group <-> token paths, shared by all tokens like a strided conv:
-        # a local code that generalises from little data, with the transformers learning
-        # the rest (the paper instead starts from a pretrained TiTok). Per frame, so the
-        # encoder stays time-agnostic and the decoder causal.
-        group = gh * gw // c.num_latent_tokens * patch_dim
-        self.shortcut_in = nn.Linear(group, c.latent_dim) if c.linear_shortcut else None
-        self.shortcut_out = nn.Linear(c.latent_dim, group) if c.linear_shortcut else None
+        # Linear region <-> token paths: a strided conv reads each token's region with a
+        # 2x overlapping window, a transposed conv writes it back (overlaps blend, so no
+        # block seams). A local code generalises from little data and the transformers
+        # learn the rest (the paper instead starts from a pretrained TiTok). Per frame, so
+        # the encoder stays time-agnostic and the decoder causal.
+        if c.linear_shortcut:
+            rh, rw = c.token_region
+            window = dict(kernel_size=(2 * rh, 2 * rw), stride=(rh, rw), padding=(rh // 2, rw // 2))
+            self.shortcut_in = nn.Conv2d(c.in_channels, c.latent_dim, **window)
+            self.shortcut_out = nn.ConvTranspose2d(c.latent_dim, c.in_channels, **window)
+        else:
+            self.shortcut_in = self.shortcut_out = None
         self.loss = AutoencoderLoss(c.losses)
         self.apply(self._init_weights)
-        if c.linear_shortcut:
-            # unit gain in; zero out, so the decoder does not start by amplifying the
-            # posterior noise into the pixels
-            nn.init.normal_(self.shortcut_in.weight, std=self.shortcut_in.in_features**-0.5)
+        if c.linear_shortcut:  # zero: the decoder must not start by copying posterior noise to pixels
             nn.init.zeros_(self.shortcut_out.weight)
+            nn.init.zeros_(self.shortcut_out.bias)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -339,20 +333,6 @@ class ARVAE(nn.Module):
                 f"latents must be [B, T, L={c.num_latent_tokens}, D={c.latent_dim}], got shape {tuple(latents.shape)}"
             )
 
-    def patchify(self, video: torch.Tensor) -> torch.Tensor:
-        """`(B, C, T, H, W)` -> `(B, T, N, C*p*p)` patches, row-major."""
-        B, C, T, H, W = video.shape
-        p = self.config.patch_size
-        x = video.view(B, C, T, H // p, p, W // p, p).permute(0, 2, 3, 5, 1, 4, 6)
-        return x.reshape(B, T, (H // p) * (W // p), C * p * p)
-
-    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """Inverse of `patchify`."""
-        B, T, N, _ = patches.shape
-        p, (gh, gw), C = self.config.patch_size, self.config.grid, self.config.in_channels
-        x = patches.view(B, T, gh, gw, C, p, p).permute(0, 4, 1, 2, 5, 3, 6)
-        return x.reshape(B, C, T, gh * p, gw * p)
-
     # --- stages ---------------------------------------------------------------------
 
     def forward_encoder(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,7 +340,7 @@ class ARVAE(nn.Module):
         self._check_video(video)
         B, T = video.shape[0], video.shape[2]
         L = self.config.num_latent_tokens
-        patches = self.patchify(video).flatten(0, 1)  # (B*T, N, C*p*p)
+        patches = patchify(video, self.config.patch_size).flatten(0, 1).flatten(1, 2)  # (B*T, N, p*p*C)
         x = self.patch_embed(patches) + self.patch_pos
         x = torch.cat([x, self.latent_tokens.expand(x.shape[0], -1, -1)], dim=1)  # (B*T, N + L, C)
         for block in self.encoder_blocks:
@@ -368,7 +348,9 @@ class ARVAE(nn.Module):
         moments = self.to_moments(self.encoder_norm(x[:, -L:]))  # (B*T, L, 2D)
         mean, logvar = moments.view(B, T, L, -1).chunk(2, dim=-1)
         if self.shortcut_in is not None:
-            mean = mean + self.shortcut_in(patches.reshape(B, T, L, -1))  # (B, T, L, D)
+            frames = video.transpose(1, 2).flatten(0, 1)  # (B*T, C, H, W)
+            code = self.shortcut_in(frames).flatten(2).transpose(1, 2)  # (B*T, L, D), row-major regions
+            mean = mean + code.reshape(B, T, L, -1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def forward_decoder(
@@ -397,10 +379,15 @@ class ARVAE(nn.Module):
         for i, block in enumerate(self.decoder_blocks):
             x, lat_k, lat_v = block(x, L, cache[2 * i], cache[2 * i + 1])
             new_cache += [lat_k, lat_v]
-        patches = self.to_pixels(self.decoder_norm(x[:, :, L:]))  # (B, T, N, C*p*p)
+        gh, gw = c.grid
+        patches = self.to_pixels(self.decoder_norm(x[:, :, L:])).view(B, T, gh, gw, -1)  # (B, T, h, w, p*p*C)
+        video = unpatchify(patches, c.patch_size, c.in_channels)  # (B, C, T, H, W)
         if self.shortcut_out is not None:
-            patches = patches + self.shortcut_out(latents).view_as(patches)  # (B, T, L, g*P) -> (B, T, N, P)
-        return self.unpatchify(patches), new_cache
+            rh, rw = c.token_region
+            regions = latents.reshape(B * T, c.frame_size[0] // rh, c.frame_size[1] // rw, -1).permute(0, 3, 1, 2)
+            frames = self.shortcut_out(regions)  # (B*T, C, H, W)
+            video = video + frames.view(B, T, *frames.shape[1:]).transpose(1, 2)
+        return video, new_cache
 
     # --- Tokenizer API ----------------------------------------------------------------
 

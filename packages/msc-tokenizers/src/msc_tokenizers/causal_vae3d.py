@@ -367,10 +367,11 @@ class CausalVAE3D(nn.Module):
             self.latent_spec.latent_shape(B, T, H, W)  # raises with the nearest valid lengths
         else:
             tc = c.temporal_compression
-            if T % tc:
+            if T % tc or T == 0:
+                below, above = T // tc * tc, (T // tc + 1) * tc
+                nearest = f"{below} or {above}" if below else f"{above}"
                 raise ValueError(
-                    f"a chunk after the first must have a multiple of {tc} frames, got {T}; "
-                    f"nearest valid: {max(tc, T // tc * tc)} or {(T // tc + 1) * tc}"
+                    f"a chunk after the first must have a multiple of {tc} frames, got {T}; nearest valid: {nearest}"
                 )
             self.latent_spec.latent_shape(B, 1, H, W)  # spatial divisibility
 
