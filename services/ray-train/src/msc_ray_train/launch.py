@@ -217,7 +217,7 @@ def run_training(
     logs), since the progress bar and the run's events already say what happens.
     """
     if job.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("tensorboard: true needs the `tensorboard` package: pip install tensorboard")
+        raise ConfigError("tensorboard: true needs the `tensorboard` package: pip install 'msc-ray-train[tensorboard]'")
     start_step = check_resumable(job)
     address = resolve_address(address)
     configure_ray_environment(local=address is None)
