@@ -69,6 +69,19 @@ def test_held_out_split_uses_disjoint_digits() -> None:
     assert len(train) > 300 and len(test) > 250
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_digits_per_class_draws_from_the_first_k_glyphs_of_each_class(split: str) -> None:
+    _, labels = load_mnist_digits()
+    lo, hi = (0, HELD_OUT_FROM) if split == "train" else (HELD_OUT_FROM, len(labels))
+    first_two = {int(d) for c in range(10) for d in (np.flatnonzero(labels[lo:hi] == c)[:2] + lo)}
+    config = MovingMNISTConfig(frames=1, num_digits=2, split=split, digits_per_class=2)
+    used = {d for i in range(300) for d in render_moving_mnist(config, 0, i).digit_ids}
+    assert used == first_two  # 20 glyphs, all of them used, nothing else
+    # the default keeps every digit of the split
+    default = MovingMNISTConfig(frames=1, num_digits=2, split=split)
+    assert len({d for i in range(300) for d in render_moving_mnist(default, 0, i).digit_ids}) > 100
+
+
 def test_dataset_splits_indices_exactly_once_over_ranks_and_workers() -> None:
     config = MovingMNISTConfig(frames=4, size=32)
     seen = []

@@ -65,6 +65,16 @@ def split_digit_ids(split: str) -> np.ndarray:
     raise ValueError(f"unknown moving-mnist split {split!r}; valid: 'train', 'test'")
 
 
+def digit_pool(split: str, digits_per_class: int | None = None) -> np.ndarray:
+    """Digit ids clips of `split` draw from: all of them, or the first `digits_per_class`
+    of each class (a small, fixed set of glyphs a tiny model can learn in minutes)."""
+    ids = split_digit_ids(split)
+    if digits_per_class is None:
+        return ids
+    labels = load_mnist_digits()[1][ids]
+    return np.sort(np.concatenate([ids[labels == c][:digits_per_class] for c in range(10)]))
+
+
 class MovingMNISTConfig(Config):
     """What a moving-MNIST clip looks like."""
 
@@ -74,6 +84,10 @@ class MovingMNISTConfig(Config):
     speed_min: float = Field(default=2.0, ge=0.0, description="pixels per frame")
     speed_max: float = Field(default=4.0, ge=0.0, description="pixels per frame")
     split: Literal["train", "test"] = "train"
+    digits_per_class: int | None = Field(
+        default=None, ge=1,
+        description="draw only from the first k digits of each class in the split (None: all of them)",
+    )
     fps: float = Field(default=8.0, gt=0.0, description="nominal frame rate stored with each clip")
 
     @model_validator(mode="after")
@@ -110,7 +124,7 @@ def render_moving_mnist(config: MovingMNISTConfig, seed: int, index: int) -> Mov
     _check_seed_index(seed, index)
     images, all_labels = load_mnist_digits()
     rng = np.random.default_rng([seed, index])
-    ids = rng.choice(split_digit_ids(config.split), size=config.num_digits, replace=False)
+    ids = rng.choice(digit_pool(config.split, config.digits_per_class), size=config.num_digits, replace=False)
     span = config.size - DIGIT_SIZE  # positions live in [0, span]
     frames = np.zeros((config.frames, config.size, config.size), dtype=np.uint8)  # (T, H, W)
     speeds = []
