@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 
 # Before Ray is imported anywhere: no usage stats, no auth token, 0.2 s controller polls.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -50,3 +52,89 @@ def make_job_dict(tmp_path: Path) -> Callable[..., dict[str, Any]]:
         return tiny_job_dict(tmp_path / "runs", name, **changes)
 
     return make
+
+
+# --------------------------------------------------------------------------- crash and resume
+
+
+class Crash(RuntimeError):
+    """A worker lost in the middle of a run (raised by `RaylikeReporter`)."""
+
+
+class RaylikeReporter:
+    """A `report` for `run_training_loop` that persists checkpoints as `<run>/checkpoint_<n>`
+    (a copy, as Ray Train does) and raises `Crash` when asked to report `crash_at_step`."""
+
+    def __init__(self, run_dir: Path, crash_at_step: int | None = None) -> None:
+        self.run_dir, self.crash_at_step = run_dir, crash_at_step
+        self.reports: list[dict[str, Any]] = []
+        self.checkpoints: list[Path] = []
+
+    def __call__(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if metrics["step"] == self.crash_at_step:
+            raise Crash(f"worker lost at step {metrics['step']}")
+        self.reports.append(metrics)
+        if checkpoint_dir is not None:
+            target = self.run_dir / f"checkpoint_{len(self.checkpoints):06d}"
+            shutil.copytree(checkpoint_dir, target)
+            self.checkpoints.append(target)
+
+    @property
+    def latest(self) -> str | None:
+        return str(self.checkpoints[-1]) if self.checkpoints else None
+
+
+def crash_and_resume(job: Any, crash_at_step: int, **loop_kwargs: Any) -> RaylikeReporter:
+    """Run `job` in-process on one CPU rank, crash it at `crash_at_step`, resume it from its
+    last checkpoint to the end; the resumed run's reporter (checkpoints of both runs)."""
+    from msc_ray_train.train_loop import run_training_loop
+
+    cpu = torch.device("cpu")
+    crashing = RaylikeReporter(job.run_dir, crash_at_step=crash_at_step)
+    with pytest.raises(Crash):
+        run_training_loop(job, 0, 1, cpu, None, crashing, **loop_kwargs)
+    resumed = RaylikeReporter(job.run_dir)
+    resumed.checkpoints = list(crashing.checkpoints)
+    assert run_training_loop(job, 0, 1, cpu, crashing.latest, resumed, **loop_kwargs) == "finished"
+    return resumed
+
+
+def assert_same_training_state(job: Any, checkpoint_a: str | Path, checkpoint_b: str | Path) -> None:
+    """Two training checkpoints of `job` hold bit-identical weights, EMA, AdamW moments,
+    LR schedule and trainer state."""
+    from msc_core.testing import assert_state_dicts_equal
+    from msc_ray_train.ema import ExponentialMovingAverage
+    from msc_ray_train.model_kinds import build_model
+    from msc_ray_train.optimization import build_optimizer, build_scheduler
+    from msc_ray_train.train_checkpoint import load_checkpoint
+
+    loaded = []
+    for checkpoint in (checkpoint_a, checkpoint_b):
+        torch.manual_seed(job.seed)
+        model = build_model(job.model)
+        ema = ExponentialMovingAverage(model, job.ema)
+        optimizer = build_optimizer(model, job.optim)
+        scheduler = build_scheduler(optimizer, job.optim, job.steps)
+        state = load_checkpoint(checkpoint, model, ema.model, optimizer, scheduler)
+        loaded.append((state, model, ema, optimizer, scheduler))
+    (state_a, model_a, ema_a, optimizer_a, scheduler_a), (state_b, model_b, ema_b, optimizer_b, scheduler_b) = loaded
+    assert state_a == state_b
+    assert scheduler_a.state_dict() == scheduler_b.state_dict()
+    assert_state_dicts_equal(model_a, model_b)
+    assert_state_dicts_equal(ema_a.model, ema_b.model)
+    adam_a, adam_b = optimizer_a.state_dict(), optimizer_b.state_dict()
+    assert adam_a["param_groups"] == adam_b["param_groups"]
+    for index, moments in adam_a["state"].items():
+        assert all(torch.equal(value, adam_b["state"][index][name]) for name, value in moments.items())
+
+
+@pytest.fixture(scope="session")
+def raylike_run() -> Any:
+    """`RaylikeReporter`, `crash_and_resume` and `assert_same_training_state` for test files
+    (conftest modules are not importable under `--import-mode=importlib`)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        Reporter=RaylikeReporter, Crash=Crash, crash_and_resume=crash_and_resume,
+        assert_same_training_state=assert_same_training_state,
+    )
