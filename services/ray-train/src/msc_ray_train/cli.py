@@ -1,7 +1,7 @@
 """The `msc` command line: `msc train`, `msc sample`, `msc demo`.
 
     msc train JOB.yaml [--workers N] [--gpu] [--address ADDR]
-    msc sample CHECKPOINT --frames N --out video.mp4 [--prefix video.mp4] [--offset s]
+    msc sample CHECKPOINT --frames N --out video.mp4 [--prefix video.mp4] [--offset s] [--caption TEXT]
     msc demo [--out DIR]
 
 User mistakes (a missing file, an invalid job, a damaged checkpoint) print one
@@ -47,6 +47,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from msc_ray_train.model_kinds import model_kind
     from msc_ray_train.sampling import generate_video, load_trained_model, read_prefix_video
     from msc_ray_train.video_output import video_to_rgb_frames, write_video_file
 
@@ -54,6 +55,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise ValueError(f"--out must name a .mp4 or .gif file, got {out}")
     model = load_trained_model(args.checkpoint)
+    if args.caption is not None and not model_kind(model.config.kind).with_captions(model.config):
+        raise ValueError(
+            f"--caption is for text-conditional models (kind 'nova'); {args.checkpoint} holds a "
+            f"{model.config.kind!r} model"
+        )
     prefix = None
     if args.prefix is not None:
         prefix = read_prefix_video(args.prefix, model, max_frames=args.prefix_frames or args.frames - 1)
@@ -61,7 +67,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             raise ValueError(f"--frames {args.frames} must exceed the {prefix.shape[2]} prefix frames it includes")
     video = generate_video(
         model, args.frames, seed=args.seed, num_steps=args.steps, offset=args.offset, eta=args.eta, prefix=prefix,
-        progress=not args.no_progress,
+        progress=not args.no_progress, prompt=args.caption,
     )
     height = video.shape[-2]
     scale = args.scale or max(1, 128 // height)
@@ -107,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--offset", type=int, help="AD scheduler offset s (0: synchronous, steps: autoregressive)")
     sample.add_argument("--steps", type=int, default=50, help="denoising steps per frame (default 50)")
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic (default), 1 ancestral")
+    sample.add_argument("--caption", help="text prompt (caption) of a text-conditional model (NOVA)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--fps", type=float, default=8.0)
     sample.add_argument("--scale", type=int, help="enlarge frames by this integer factor (default: to >= 128 px)")

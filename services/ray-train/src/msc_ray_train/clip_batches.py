@@ -10,7 +10,11 @@
   (`set_epoch(step)`), so it does not replay the clips it already trained on in the
   same order. Corrupt samples are skipped and counted (`corrupt_skipped`).
 
-Batches are `{"video": (B, C, T, H, W)}` in [-1, 1] on the training device.
+Batches are `{"video": (B, C, T, H, W)}` in [-1, 1], and, `with_captions` (text-
+conditional models such as NOVA), `{"caption": list[str], "motion": (B,), "fps": (B,)}`:
+each clip's caption, optical-flow motion score (msc_data.motion, NOVA §3.2) and frame
+rate. Moving MNIST captions name the digits (`msc_data.moving_mnist_caption`); shard
+captions are the ones the shards hold, and `needs_captions` refuses a clip without one.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from msc_ray_train.job import MovingMNISTSource, ShardSource
 
 
 class ClipBatches(Protocol):
-    def batch(self, step: int) -> dict[str, torch.Tensor]: ...
+    def batch(self, step: int) -> dict[str, Any]: ...
 
     @property
     def corrupt_skipped(self) -> int: ...
 
     def position(self, next_step: int) -> dict[str, Any]: ...
+
+    @property
+    def sample_caption(self) -> str | None: ...
 
 
 def downsample_video(video: torch.Tensor, size: int) -> torch.Tensor:
@@ -47,10 +54,13 @@ def downsample_video(video: torch.Tensor, size: int) -> torch.Tensor:
 class MovingMNISTBatches:
     """Batch `step` of rank `rank`: clips `(step * B + i) * W + rank`, i < B."""
 
-    def __init__(self, source: MovingMNISTSource, seed: int, rank: int, world_size: int, batch_size: int) -> None:
-        self.source, self.batch_size = source, batch_size
+    def __init__(
+        self, source: MovingMNISTSource, seed: int, rank: int, world_size: int, batch_size: int,
+        with_captions: bool = False,
+    ) -> None:
+        self.source, self.batch_size, self.with_captions = source, batch_size, with_captions
         self.dataset = MovingMNIST(
-            source.clip_config(), seed=seed, channels=source.channels, with_motion=False,
+            source.clip_config(), seed=seed, channels=source.channels, with_motion=with_captions,
             rank=rank, world_size=world_size,
         )
 
@@ -58,25 +68,46 @@ class MovingMNISTBatches:
         ds = self.dataset
         return [(step * self.batch_size + i) * ds.world_size + ds.rank for i in range(self.batch_size)]
 
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        video = torch.stack([self.dataset.clip(i)["video"] for i in self.clip_indices(step)])  # (B, C, T, S, S)
-        return {"video": downsample_video(video, self.source.frame_size)}
+    def batch(self, step: int) -> dict[str, Any]:
+        clips = [self.dataset.clip(i) for i in self.clip_indices(step)]
+        video = torch.stack([clip["video"] for clip in clips])  # (B, C, T, S, S)
+        batch = {"video": downsample_video(video, self.source.frame_size)}
+        if self.with_captions:
+            batch.update(_clip_conditions(clips))
+        return batch
 
     @property
     def corrupt_skipped(self) -> int:
         return 0  # rendered, never read from disk
 
+    @property
+    def sample_caption(self) -> str | None:
+        """The caption of clip 0 (the first clip of the run), the prompt of training samples."""
+        return self.dataset.clip(0)["caption"] if self.with_captions else None
+
     def position(self, next_step: int) -> dict[str, Any]:
         return {"source": "moving-mnist", "next_clip": self.clip_indices(next_step)[0]}
+
+
+def _clip_conditions(clips: list[dict[str, Any]]) -> dict[str, Any]:
+    """Caption, motion score and fps of each clip, as NOVA's batch keys."""
+    return {
+        "caption": [clip["caption"] for clip in clips],
+        "motion": torch.tensor([clip["motion"] for clip in clips], dtype=torch.float32),  # (B,)
+        "fps": torch.tensor([clip["fps"] for clip in clips], dtype=torch.float32),  # (B,)
+    }
 
 
 class ShardBatches:
     """Resampled shard stream of one rank; `step` only numbers the batches."""
 
     def __init__(
-        self, source: ShardSource, seed: int, rank: int, world_size: int, batch_size: int, start_step: int
+        self, source: ShardSource, seed: int, rank: int, world_size: int, batch_size: int, start_step: int,
+        with_captions: bool = False, needs_captions: bool = False,
     ) -> None:
         self.start_step, self.read = start_step, 0
+        self.source, self.with_captions, self.needs_captions = source, with_captions, needs_captions
+        self.first_caption: str | None = None
         self.dataset = VideoClipDataset(
             source.path, frames=source.frames, size=source.size, crop_scale=source.crop_scale,
             hflip=source.hflip, channels=source.channels, resampled=True, shuffle_buffer=source.shuffle_buffer,
@@ -89,21 +120,48 @@ class ShardBatches:
         )
         self._batches: Iterator[dict[str, Any]] = iter(loader)
 
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
+    def batch(self, step: int) -> dict[str, Any]:
         self.read += 1
-        return {"video": next(self._batches)["video"]}
+        clips = next(self._batches)
+        if not self.with_captions:
+            return {"video": clips["video"]}
+        if self.needs_captions:
+            uncaptioned = [key for key, caption in zip(clips["key"], clips["caption"]) if not caption.strip()]
+            if uncaptioned:
+                raise ValueError(
+                    f"data.source='shards' (data.path={self.source.path!r}) holds clips without a caption "
+                    f"(e.g. {uncaptioned[0]!r}), but the model is text-conditional; build the shards with a "
+                    "caption sidecar per video (<video>.txt or .json, msc-data build), or train without text "
+                    "(model.text_drop_prob: 1.0)"
+                )
+        if self.first_caption is None:
+            self.first_caption = clips["caption"][0]
+        return {"video": clips["video"], "caption": list(clips["caption"]), "motion": clips["motion"],
+                "fps": clips["fps"]}
 
     @property
     def corrupt_skipped(self) -> int:
         return self.dataset.skipped.total
+
+    @property
+    def sample_caption(self) -> str | None:
+        """The caption of the first clip this process read, the prompt of training samples."""
+        return self.first_caption
 
     def position(self, next_step: int) -> dict[str, Any]:
         return {"source": "shards", "stream_epoch": self.start_step, "batches_read": self.read}
 
 
 def make_clip_batches(
-    source: MovingMNISTSource | ShardSource, seed: int, rank: int, world_size: int, batch_size: int, start_step: int
+    source: MovingMNISTSource | ShardSource,
+    seed: int,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    start_step: int,
+    with_captions: bool = False,
+    needs_captions: bool = False,
 ) -> ClipBatches:
     if isinstance(source, MovingMNISTSource):
-        return MovingMNISTBatches(source, seed, rank, world_size, batch_size)
-    return ShardBatches(source, seed, rank, world_size, batch_size, start_step)
+        return MovingMNISTBatches(source, seed, rank, world_size, batch_size, with_captions=with_captions)
+    return ShardBatches(source, seed, rank, world_size, batch_size, start_step, with_captions, needs_captions)

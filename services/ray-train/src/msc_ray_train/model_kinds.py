@@ -6,7 +6,8 @@ interfaces"): the union is built from `MODEL_KINDS`, so a new model joins every 
 
 - is built as `model_class(config)` and keeps `self.config` (msc_core.checkpoint);
 - has `training_losses(batch, generator=None) -> {"loss": scalar, ...}` where
-  `batch["video"]` is a `(B, C, T, H, W)` clip batch in [-1, 1];
+  `batch["video"]` is a `(B, C, T, H, W)` clip batch in [-1, 1] (and, for a model
+  `with_captions`, `batch["caption"]`, `batch["motion"]` and `batch["fps"]`);
 - has `generate(GenerationRequest) -> (B, C, T, H, W)` for samples.
 
 A YAML `model:` section may name a preset of the config class (`preset: demo`) and
@@ -22,6 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from msc_ar.ardiffusion import ARDiffusion, ARDiffusionConfig
+from msc_ar.nova import NOVA, NovaConfig
 from msc_core.config import Config
 
 
@@ -35,6 +37,10 @@ class ModelKind:
     clip_shape: Callable[[Any], tuple[int, int, int, int]]
     # side of the square patch one token covers (for the tokens/s metric)
     patch_size: Callable[[Any], int]
+    # batches carry each clip's "caption" (list[str]), "motion" score and "fps" ((B,) floats)
+    with_captions: Callable[[Any], bool] = lambda config: False
+    # the model is text-conditional: clips without a caption are refused, never trained on
+    needs_captions: Callable[[Any], bool] = lambda config: False
 
 
 def _ardiffusion_clip_shape(config: ARDiffusionConfig) -> tuple[int, int, int, int]:
@@ -47,9 +53,23 @@ def _ardiffusion_clip_shape(config: ARDiffusionConfig) -> tuple[int, int, int, i
     return data.channels, data.num_frames, data.height, data.width
 
 
+def _nova_clip_shape(config: NovaConfig) -> tuple[int, int, int, int]:
+    if config.layout != "grid":
+        raise ValueError(
+            "model.layout='tokens' trains on token latents, but the training service feeds pixel clips; "
+            "use layout='grid'"
+        )
+    height, width = config.sample_size
+    return config.in_channels, config.num_frames, height, width
+
+
 MODEL_KINDS: dict[str, ModelKind] = {
     "ardiffusion": ModelKind(
         ARDiffusionConfig, ARDiffusion, _ardiffusion_clip_shape, lambda c: c.transformer.patch_size
+    ),
+    "nova": ModelKind(
+        NovaConfig, NOVA, _nova_clip_shape, lambda c: c.patch_size,
+        with_captions=lambda c: True, needs_captions=lambda c: c.text_drop_prob < 1.0,
     ),
 }
 

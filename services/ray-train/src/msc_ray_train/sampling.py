@@ -103,14 +103,16 @@ def generate_video(
     eta: float = 0.0,
     prefix: torch.Tensor | None = None,
     progress: bool = True,
+    prompt: str | None = None,
 ) -> torch.Tensor:
     """One sampled video `(C, T, H, W)` in [-1, 1]; `prefix` frames are kept and continued.
 
-    `eta`: DDIM noise (0 deterministic, 1 DDPM-like ancestral sampling).
+    `eta`: DDIM noise (0 deterministic, 1 DDPM-like ancestral sampling). `prompt` (the
+    caption) for text-conditional models (NOVA).
     """
     request = GenerationRequest(
         num_frames=num_frames, seed=seed, num_steps=num_steps, prefix=prefix,
-        scheduler=SchedulerParams(offset=offset, eta=eta),
+        scheduler=SchedulerParams(offset=offset, eta=eta), prompt=prompt,
     )
     kwargs = {}
     bar = tqdm(desc="sampling", unit="iter", disable=not progress, leave=False)

@@ -45,7 +45,7 @@ from msc_core.runtime import rank_seed
 from msc_ray_train.clip_batches import make_clip_batches
 from msc_ray_train.ema import ExponentialMovingAverage
 from msc_ray_train.job import TrainJob
-from msc_ray_train.model_kinds import build_model, tokens_per_clip
+from msc_ray_train.model_kinds import build_model, model_kind, tokens_per_clip
 from msc_ray_train.optimization import build_optimizer, build_scheduler
 from msc_ray_train.train_checkpoint import (
     CorruptCheckpointError,
@@ -249,8 +249,11 @@ def _is_report_step(job: TrainJob, step: int) -> bool:
     return step % job.log_every == 0 or step % job.checkpoint_every == 0 or step == job.steps
 
 
-def _write_training_sample(job: TrainJob, ema_model: nn.Module, run_dir: Path, step: int) -> None:
-    request = GenerationRequest(num_frames=job.data.frames, seed=job.seed, num_steps=job.sample_steps)
+def _write_training_sample(
+    job: TrainJob, ema_model: nn.Module, run_dir: Path, step: int, prompt: str | None = None
+) -> None:
+    request = GenerationRequest(num_frames=job.data.frames, seed=job.seed, num_steps=job.sample_steps,
+                                prompt=prompt)
     video = ema_model.generate(request)[0]  # (C, T, H, W)
     write_gif(run_dir / SAMPLES_DIR / f"step-{step:08d}.gif", video_to_rgb_frames(video, scale=4), fps=8.0)
 
@@ -284,7 +287,11 @@ def run_training_loop(
     state, restored = restore_latest(run_dir, restore_from, model, ema, optimizer, scheduler)
     start_step = state.step
     loss_module = prepare_model(TrainingLossModule(model))
-    batches = make_clip_batches(job.data, job.seed, rank, world_size, job.batch_size, start_step)
+    kind = model_kind(job.model.kind)
+    batches = make_clip_batches(
+        job.data, job.seed, rank, world_size, job.batch_size, start_step,
+        with_captions=kind.with_captions(job.model), needs_captions=kind.needs_captions(job.model),
+    )
     use_bf16 = job.precision == "bf16" and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
     clip_tokens = tokens_per_clip(job.model)
@@ -300,7 +307,10 @@ def run_training_loop(
     window = MetricWindow()
     status = "finished" if state.step >= job.steps else "running"
     while state.step < job.steps:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batches.batch(state.step).items()}
+        batch = {  # captions stay lists of str
+            k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batches.batch(state.step).items()
+        }
         generator = step_generator(job.seed, state.step, rank, device)
         result = training_step(
             loss_module, model, ema, optimizer, scheduler, state, batch, generator, job.optim.grad_clip, autocast
@@ -354,7 +364,7 @@ def run_training_loop(
         if diverged:
             break
         if rank == 0 and job.sample_every and state.step % job.sample_every == 0:
-            _write_training_sample(job, ema.model, run_dir, state.step)
+            _write_training_sample(job, ema.model, run_dir, state.step, batches.sample_caption)
 
     if status == "finished" and state.step == start_step:
         # nothing left to train (the run had already reached `steps`): still report once
