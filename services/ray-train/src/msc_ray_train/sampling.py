@@ -84,7 +84,10 @@ def read_prefix_video(path: str | Path, model: nn.Module, max_frames: int) -> to
     channels, _, height, width = model_kind(model.config.kind).clip_shape(model.config)
     if height != width:
         raise ValueError(f"prefix videos need a model with square frames, this one takes {height}x{width}")
+    if channels is None:  # a cascade whose VAE is missing
+        raise FileNotFoundError(f"{model.config.kind} model: cannot read the channels of its VAE")
     frames = []
+    # height None: a size-agnostic model (vae3d) reads the video at its own size
     for frame in iter_video_frames(path, fps=None, size=height):
         frames.append(frame)
         if len(frames) == max_frames:
@@ -123,3 +126,26 @@ def generate_video(
     finally:
         bar.close()
     return video[0].float().clamp(-1, 1)  # (C, T, H, W)
+
+
+def reproduce_beside_clip(model: nn.Module, clip: torch.Tensor, seed: int = 0, num_steps: int = 20) -> torch.Tensor:
+    """A clip-to-clip model's (tokenizer, cascade) version of `clip` `(1, C, T, H, W)`,
+    left, beside the clip itself, right: `(C, T, H, 2W)` in [-1, 1].
+
+    Tokenizers reconstruct the clip from its latents; the cascade refines the clip's base
+    latent (4x downsized in sr mode, every 4th frame in fps mode) with `num_steps` DDIM
+    steps seeded by `seed` (model_kinds.ModelKind.reproduce_clip).
+    """
+    reproduce = model_kind(model.config.kind).reproduce_clip
+    if reproduce is None:
+        raise ValueError(f"a {model.config.kind} model generates videos; it does not reproduce clips")
+    if clip.ndim != 5 or clip.shape[0] != 1:
+        raise ValueError(f"clip must be (1, C, T, H, W), got shape {tuple(clip.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = reproduce(model, clip, seed, num_steps)
+    finally:
+        model.train(was_training)
+    return torch.cat([output.float().clamp(-1, 1), clip.float().clamp(-1, 1)], dim=-1)[0]  # (C, T, H, 2W)
