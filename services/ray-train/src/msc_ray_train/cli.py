@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from msc_core.config import ConfigError
 from msc_data.package_data import MissingExtraError
@@ -27,6 +27,7 @@ EXIT_FAILED = 1
 def _cmd_train(args: argparse.Namespace) -> int:
     from msc_ray_train.job import load_job
     from msc_ray_train.launch import run_training
+    from msc_ray_train.model_kinds import missing_model_files
 
     overrides: dict[str, object] = {}
     if args.workers is not None:
@@ -34,6 +35,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.gpu:
         overrides["scaling.use_gpu"] = True
     job = load_job(args.job, overrides=overrides)
+    missing = missing_model_files(job.model)
+    if missing:  # e.g. the cascade's VAE: refused here, before Ray starts
+        raise FileNotFoundError(f"{args.job}: the model reads files that do not exist: {'; '.join(missing)}")
     outcome = run_training(job, address=args.address, progress=not args.no_progress, ray_logs=args.ray_logs)
     loss = outcome.metrics.get("loss")
     print(
@@ -60,6 +64,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             f"--caption is for text-conditional models (kind 'nova'); {args.checkpoint} holds a "
             f"{model.config.kind!r} model"
         )
+    if model_kind(model.config.kind).reproduce_clip is not None:
+        return _write_reproduction(args, model, out)
     prefix = None
     if args.prefix is not None:
         prefix = read_prefix_video(args.prefix, model, max_frames=args.prefix_frames or args.frames - 1)
@@ -73,6 +79,28 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     scale = args.scale or max(1, 128 // height)
     write_video_file(out, video_to_rgb_frames(video, scale=scale), args.fps)
     print(f"wrote {out} ({video.shape[1]} frames, {height * scale}x{video.shape[-1] * scale})")
+    return 0
+
+
+def _write_reproduction(args: argparse.Namespace, model: Any, out: Path) -> int:
+    """`msc sample` of a clip-to-clip model (tokenizer, cascade): its version of the first
+    `--frames` frames of `--prefix`, left, beside them, right."""
+    from msc_ray_train.sampling import read_prefix_video, reproduce_beside_clip
+    from msc_ray_train.video_output import video_to_rgb_frames, write_video_file
+
+    if args.prefix is None:
+        raise ValueError(
+            f"a {model.config.kind!r} model reproduces a clip instead of generating one: give the clip as "
+            "--prefix VIDEO (its first --frames frames are used)"
+        )
+    clip = read_prefix_video(args.prefix, model, max_frames=args.frames)
+    if clip.shape[2] != args.frames:
+        raise ValueError(f"--prefix {args.prefix} has {clip.shape[2]} frames, fewer than --frames {args.frames}")
+    video = reproduce_beside_clip(model, clip, seed=args.seed, num_steps=args.steps)  # (C, T, H, 2W)
+    height = video.shape[-2]
+    scale = args.scale or max(1, 128 // height)
+    write_video_file(out, video_to_rgb_frames(video, scale=scale), args.fps)
+    print(f"wrote {out} ({video.shape[1]} frames; left: the {model.config.kind} output, right: the input clip)")
     return 0
 
 

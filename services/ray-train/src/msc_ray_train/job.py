@@ -203,15 +203,23 @@ class TrainJob(Config):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "TrainJob":
-        channels, frames, height, width = model_kind(self.model.kind).clip_shape(self.model)
+        kind = model_kind(self.model.kind)
+        channels, frames, height, width = kind.clip_shape(self.model)
         data = self.data
         size = data.frame_size
+        size_field = "output_size" if isinstance(data, MovingMNISTSource) and data.output_size else "size"
+        # None in clip_shape: the model takes any value its kind's check_clip accepts
         for name, have, want in (("frames", data.frames, frames), ("channels", data.channels, channels)):
-            if have != want:
+            if want is not None and have != want:
                 raise ValueError(f"data.{name}={have} but the model trains on {want} {name} (model.data)")
-        if (size, size) != (height, width):
-            field = "output_size" if isinstance(data, MovingMNISTSource) and data.output_size else "size"
-            raise ValueError(f"data.{field}={size} gives {size}x{size} frames but the model takes {height}x{width}")
+        if height is not None and (size, size) != (height, width):
+            raise ValueError(f"data.{size_field}={size} gives {size}x{size} frames but the model takes {height}x{width}")
+        if kind.check_clip is not None:
+            values = {"channels": ("channels", data.channels), "frames": ("frames", data.frames),
+                      "size": (size_field, size)}
+            for dimension, reason in kind.check_clip(self.model, (data.channels, data.frames, size, size)):
+                field, value = values[dimension]
+                raise ValueError(f"data.{field}={value}: {reason}")
         if self.precision == "bf16" and not self.scaling.use_gpu:
             raise ValueError("precision='bf16' (autocast) is for GPUs: set scaling.use_gpu=true or precision='fp32'")
         if self.optim.warmup_steps > self.steps:

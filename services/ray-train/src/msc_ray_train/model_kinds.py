@@ -17,14 +17,20 @@ override some of its fields; the saved job always holds the full expanded config
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Callable, Union
 
+import torch
 from pydantic import Field
 from torch import nn
 
 from msc_ar.ardiffusion import ARDiffusion, ARDiffusionConfig
 from msc_ar.nova import NOVA, NovaConfig
+from msc_cascade.cascade_model import CascadeConfig, CascadeModel
 from msc_core.config import Config
+from msc_tokenizers import ARVAE, ARVAEConfig, CausalVAE3D, CausalVAE3DConfig
+
+from msc_ray_train import tokenizer_kinds
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,23 @@ class ModelKind:
     with_captions: Callable[[Any], bool] = lambda config: False
     # the model is text-conditional: clips without a caption are refused, never trained on
     needs_captions: Callable[[Any], bool] = lambda config: False
+    # --- models whose clip size is not fixed by their config, and clip-to-clip models
+    # (tokenizers, the cascade); see "Tokenizers and the cascade" in the README ---
+    # problems with training clips `(channels, frames, height, width)`: `(dimension, reason)`
+    # pairs, dimension one of "channels", "frames", "size"; `clip_shape` entries that are None
+    # (a size-agnostic model) are decided here alone
+    check_clip: Callable[[Any, tuple[int, int, int, int]], list[tuple[str, str]]] | None = None
+    # tokens of one clip `(channels, frames, height, width)` for tokens/s; None: frames x patches
+    clip_tokens: Callable[[Any, tuple[int, int, int, int]], int] | None = None
+    # rewrites a `model:` section before validation (e.g. makes file paths absolute)
+    prepare_section: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # files the model reads when built, as {"model.<field>": path}; `msc train` refuses
+    # a job whose files are missing before Ray starts
+    model_files: Callable[[Any], dict[str, str]] | None = None
+    # a clip-to-clip model's output for `clip` (B, C, T, H, W): (model, clip, seed, steps) ->
+    # (B, C, T, H, W); training samples and `msc sample` show it beside the clip. None: the
+    # model generates from noise (`generate`)
+    reproduce_clip: Callable[[nn.Module, torch.Tensor, int, int], torch.Tensor] | None = None
 
 
 def _ardiffusion_clip_shape(config: ARDiffusionConfig) -> tuple[int, int, int, int]:
@@ -71,6 +94,22 @@ MODEL_KINDS: dict[str, ModelKind] = {
         NovaConfig, NOVA, _nova_clip_shape, lambda c: c.patch_size,
         with_captions=lambda c: True, needs_captions=lambda c: c.text_drop_prob < 1.0,
     ),
+    # clip-to-clip models (tokenizer_kinds): patch_size is the pixels one latent position spans
+    "vae3d": ModelKind(
+        CausalVAE3DConfig, CausalVAE3D, tokenizer_kinds.vae3d_clip_shape, lambda c: c.spatial_compression,
+        check_clip=tokenizer_kinds.vae3d_check_clip, clip_tokens=tokenizer_kinds.vae3d_clip_tokens,
+        reproduce_clip=tokenizer_kinds.reconstruct_clip,
+    ),
+    "arvae": ModelKind(
+        ARVAEConfig, ARVAE, tokenizer_kinds.arvae_clip_shape, lambda c: c.patch_size,
+        clip_tokens=tokenizer_kinds.arvae_clip_tokens, reproduce_clip=tokenizer_kinds.reconstruct_clip,
+    ),
+    "cascade": ModelKind(
+        CascadeConfig, CascadeModel, tokenizer_kinds.cascade_clip_shape, lambda c: c.dit.patch_size,
+        check_clip=tokenizer_kinds.cascade_check_clip, clip_tokens=tokenizer_kinds.cascade_clip_tokens,
+        prepare_section=tokenizer_kinds.cascade_prepare_section, model_files=tokenizer_kinds.cascade_model_files,
+        reproduce_clip=tokenizer_kinds.refine_clip,
+    ),
 }
 
 # The `model:` field of a TrainJob: one config class per registered kind, chosen by `kind`.
@@ -96,22 +135,35 @@ def expand_model_section(section: Any) -> Any:
     kind = section.get("kind")
     if kind is None:
         raise ValueError(f"model.kind is missing; valid kinds: {', '.join(sorted(MODEL_KINDS))}")
-    config_class = model_kind(kind).config_class
+    registered = model_kind(kind)
+    if registered.prepare_section is not None:
+        section = registered.prepare_section(section)
     if "preset" not in section:
         return section
     overrides = {k: v for k, v in section.items() if k not in ("preset", "kind")}
-    preset = getattr(config_class, "preset", None)
+    preset = getattr(registered.config_class, "preset", None)
     if preset is None:
         raise ValueError(f"model kind {kind!r} has no presets; give the full config instead of preset:")
     return preset(section["preset"], **overrides).model_dump()
 
 
-def tokens_per_clip(config: Config) -> int:
-    """Tokens the model processes for one training clip: frames x patches per frame."""
+def tokens_per_clip(config: Config, clip: tuple[int, int, int, int] | None = None) -> int:
+    """Tokens the model processes for one training clip `(channels, frames, height, width)`
+    (default: the clip its config fixes): frames x patches per frame, or the kind's
+    `clip_tokens` (latent tokens for the tokenizers and the cascade)."""
     kind = model_kind(config.kind)
-    _, frames, height, width = kind.clip_shape(config)
+    _, frames, height, width = clip if clip is not None else kind.clip_shape(config)
+    if kind.clip_tokens is not None:
+        return kind.clip_tokens(config, (_, frames, height, width))
     patch = kind.patch_size(config)
     return frames * (height // patch) * (width // patch)
+
+
+def missing_model_files(config: Config) -> list[str]:
+    """`"model.<field>: <path>"` for each file the model reads when built that does not exist."""
+    kind = model_kind(config.kind)
+    files = kind.model_files(config) if kind.model_files is not None else {}
+    return [f"{name}: {path}" for name, path in files.items() if not Path(path).exists()]
 
 
 def build_model(config: Config) -> nn.Module:

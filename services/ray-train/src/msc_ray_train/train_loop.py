@@ -22,6 +22,7 @@ DDP also broadcasts rank 0's weights), restores the newest valid checkpoint of t
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ from msc_ray_train.ema import ExponentialMovingAverage
 from msc_ray_train.job import TrainJob
 from msc_ray_train.model_kinds import build_model, model_kind, tokens_per_clip
 from msc_ray_train.optimization import build_optimizer, build_scheduler
+from msc_ray_train.sampling import reproduce_beside_clip
 from msc_ray_train.train_checkpoint import (
     CorruptCheckpointError,
     TrainerState,
@@ -74,9 +76,21 @@ class TrainingLossModule(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.takes_generator = "generator" in inspect.signature(model.training_losses).parameters
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        return self.model.training_losses(batch, generator=generator)
+        if self.takes_generator:
+            return self.model.training_losses(batch, generator=generator)
+        if generator is None:
+            return self.model.training_losses(batch)
+        # A model that draws from the global RNG (the tokenizers' posterior sample): seed it
+        # from the step's generator inside a fork, so its draws are a function of
+        # (seed, step, rank) as well and the caller's RNG state is left as it was.
+        seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+        cuda = [generator.device] if generator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            return self.model.training_losses(batch)
 
 
 # --------------------------------------------------------------------------- one step
@@ -250,8 +264,17 @@ def _is_report_step(job: TrainJob, step: int) -> bool:
 
 
 def _write_training_sample(
-    job: TrainJob, ema_model: nn.Module, run_dir: Path, step: int, prompt: str | None = None
+    job: TrainJob, ema_model: nn.Module, run_dir: Path, step: int, prompt: str | None = None,
+    clip: torch.Tensor | None = None,
 ) -> None:
+    """`<run>/samples/step-N.gif`: a generator's seeded sample, or, for a clip-to-clip model
+    (tokenizer, cascade), its version of `clip` (B=1) beside the clip itself."""
+    if model_kind(job.model.kind).reproduce_clip is not None:
+        if clip is None:
+            raise ValueError(f"a {job.model.kind} training sample needs the clip it reproduces")
+        video = reproduce_beside_clip(ema_model, clip, job.seed, job.sample_steps)
+        write_gif(run_dir / SAMPLES_DIR / f"step-{step:08d}.gif", video_to_rgb_frames(video, scale=4), fps=8.0)
+        return
     request = GenerationRequest(num_frames=job.data.frames, seed=job.seed, num_steps=job.sample_steps,
                                 prompt=prompt)
     video = ema_model.generate(request)[0]  # (C, T, H, W)
@@ -294,7 +317,9 @@ def run_training_loop(
     )
     use_bf16 = job.precision == "bf16" and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
-    clip_tokens = tokens_per_clip(job.model)
+    data = job.data
+    clip_tokens = tokens_per_clip(job.model, (data.channels, data.frames, data.frame_size, data.frame_size))
+    sample_clip: torch.Tensor | None = None  # the first clip this worker trains on (clip-to-clip samples)
     writer = _tensorboard_writer(run_dir) if job.tensorboard and rank == 0 else None
     if rank == 0:
         damaged = {d.name: problem for d in checkpoint_dirs(run_dir) if (problem := checkpoint_problem(d))}
@@ -311,6 +336,8 @@ def run_training_loop(
             k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             for k, v in batches.batch(state.step).items()
         }
+        if sample_clip is None:
+            sample_clip = batch["video"][:1].detach().clone()
         generator = step_generator(job.seed, state.step, rank, device)
         result = training_step(
             loss_module, model, ema, optimizer, scheduler, state, batch, generator, job.optim.grad_clip, autocast
@@ -364,7 +391,7 @@ def run_training_loop(
         if diverged:
             break
         if rank == 0 and job.sample_every and state.step % job.sample_every == 0:
-            _write_training_sample(job, ema.model, run_dir, state.step, batches.sample_caption)
+            _write_training_sample(job, ema.model, run_dir, state.step, batches.sample_caption, sample_clip)
 
     if status == "finished" and state.step == start_step:
         # nothing left to train (the run had already reached `steps`): still report once
