@@ -145,3 +145,15 @@ def test_cli_help_lists_the_commands_and_options(capsys) -> None:
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert option in capsys.readouterr().out
+
+
+def test_class_conditional_model_needs_one_labelled_digit_per_clip(make_job_dict) -> None:
+    conditional = {"num_classes": 10}
+    job = job_from_dict(make_job_dict(model={**make_job_dict()["model"], **conditional}))
+    assert job.class_conditional
+    with pytest.raises(ConfigError, match="class-conditional model .* num_digits: 1"):
+        job_from_dict(make_job_dict(model={**make_job_dict()["model"], **conditional}, data={"num_digits": 2}))
+    with pytest.raises(ConfigError, match="model.num_classes=5 but moving-mnist digits have 10 classes"):
+        job_from_dict(make_job_dict(model={**make_job_dict()["model"], "num_classes": 5}))
+    with pytest.raises(ConfigError, match="text-conditional models need caller-supplied text embeddings"):
+        job_from_dict(make_job_dict(model={**make_job_dict()["model"], "text_embed_dim": 16}))

@@ -208,13 +208,18 @@ def test_training_samples_are_the_ema_models_seeded_samples(make_job_dict) -> No
     assert abs(frames[0].astype(int) - expected[0].astype(int)).max() <= 2  # GIF palette rounding
 
 
-def test_tensorboard_without_the_package_is_refused_before_ray_starts(make_job_dict) -> None:
-    import importlib.util
+def test_moving_mnist_batches_follow_the_datasets_stream_split_by_rank(make_job_dict) -> None:
+    from msc_data import MovingMNIST
+    from msc_ray_train.clip_batches import MovingMNISTBatches, downsample_video
 
-    from msc_core.config import ConfigError
-    from msc_ray_train.launch import run_training
-
-    if importlib.util.find_spec("tensorboard") is not None:
-        pytest.skip("tensorboard is installed: nothing to refuse")
-    with pytest.raises(ConfigError, match="pip install tensorboard"):
-        run_training(job_from_dict(make_job_dict(tensorboard=True)))
+    job = job_from_dict(make_job_dict(model={**make_job_dict()["model"], "num_classes": 10}))
+    for rank in (0, 1):
+        batches = MovingMNISTBatches(job.data, 3, rank, 2, 2, with_labels=True)
+        stream = MovingMNIST(job.data.clip_config(), seed=3, channels=1, with_motion=False, rank=rank, world_size=2)
+        loader = iter(torch.utils.data.DataLoader(stream, batch_size=2))
+        for step in range(3):
+            expected = next(loader)
+            got = batches.batch(step)
+            assert torch.equal(got["video"], downsample_video(expected["video"], 16))
+            assert torch.equal(got["label"], expected["labels"][:, 0])
+        assert batches.position(3) == {"source": "moving-mnist", "next_clip": 3 * 2 * 2 + rank}

@@ -50,7 +50,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_threads(threads: int) -> None:
+    """Intra-op CPU threads of this process (Ray's workers already get one per CPU)."""
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
     from msc_ray_train.model_kinds import model_kind
     from msc_ray_train.sampling import generate_video, load_trained_model, read_prefix_video
     from msc_ray_train.video_output import video_to_rgb_frames, write_video_file
@@ -73,6 +83,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             raise ValueError(f"--frames {args.frames} must exceed the {prefix.shape[2]} prefix frames it includes")
     video = generate_video(
         model, args.frames, seed=args.seed, num_steps=args.steps, offset=args.offset, eta=args.eta, prefix=prefix,
+        class_label=args.class_label, guidance_scale=args.guidance,
         progress=not args.no_progress, prompt=args.caption,
     )
     height = video.shape[-2]
@@ -105,6 +116,7 @@ def _write_reproduction(args: argparse.Namespace, model: Any, out: Path) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _set_threads(args.threads)
     from msc_ray_train.demo import run_demo
 
     summary = run_demo(args.out, address=args.address, progress=not args.no_progress, ray_logs=args.ray_logs)
@@ -141,10 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--offset", type=int, help="AD scheduler offset s (0: synchronous, steps: autoregressive)")
     sample.add_argument("--steps", type=int, default=50, help="denoising steps per frame (default 50)")
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic (default), 1 ancestral")
+    sample.add_argument("--class-label", type=int, help="class to generate (class-conditional models)")
+    sample.add_argument("--guidance", type=float, default=1.0,
+                        help="classifier-free guidance scale with --class-label (default 1: none)")
     sample.add_argument("--caption", help="text prompt (caption) of a text-conditional model (NOVA)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--fps", type=float, default=8.0)
     sample.add_argument("--scale", type=int, help="enlarge frames by this integer factor (default: to >= 128 px)")
+    sample.add_argument("--threads", type=int, default=1, help="intra-op CPU threads for sampling (default 1: small models run fastest on one "
+                        "thread, more threads only contend on a busy machine)")
     sample.add_argument("--no-progress", action="store_true", help="no progress bar")
     sample.set_defaults(run=_cmd_sample)
 
@@ -154,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "sample.mp4, sample.gif, real.gif, loss.png and metrics.json to --out.")
     demo.add_argument("--out", type=Path, default=Path("msc-demo"), help="output directory (default ./msc-demo)")
     demo.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    demo.add_argument("--threads", type=int, default=1, help="intra-op CPU threads for sampling (default 1: small models run fastest on one "
+                        "thread, more threads only contend on a busy machine)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--ray-logs", action="store_true", help="show the output of Ray's workers and controller")
     demo.set_defaults(run=_cmd_demo)

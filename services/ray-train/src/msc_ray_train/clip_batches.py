@@ -10,7 +10,8 @@
   (`set_epoch(step)`), so it does not replay the clips it already trained on in the
   same order. Corrupt samples are skipped and counted (`corrupt_skipped`).
 
-Batches are `{"video": (B, C, T, H, W)}` in [-1, 1], and, `with_captions` (text-
+Batches are `{"video": (B, C, T, H, W)}` in [-1, 1], plus `{"label": (B,)}` (the digit)
+for class-conditional models on one-digit moving MNIST, and, `with_captions` (text-
 conditional models such as NOVA), `{"caption": list[str], "motion": (B,), "fps": (B,)}`:
 each clip's caption, optical-flow motion score (msc_data.motion, NOVA §3.2) and frame
 rate. Moving MNIST captions name the digits (`msc_data.moving_mnist_caption`); shard
@@ -56,9 +57,12 @@ class MovingMNISTBatches:
 
     def __init__(
         self, source: MovingMNISTSource, seed: int, rank: int, world_size: int, batch_size: int,
-        with_captions: bool = False,
+        with_labels: bool = False, with_captions: bool = False,
     ) -> None:
-        self.source, self.batch_size, self.with_captions = source, batch_size, with_captions
+        if with_labels and source.num_digits != 1:
+            raise ValueError(f"class labels need one digit per clip, got num_digits={source.num_digits}")
+        self.source, self.batch_size, self.with_labels = source, batch_size, with_labels
+        self.with_captions = with_captions
         self.dataset = MovingMNIST(
             source.clip_config(), seed=seed, channels=source.channels, with_motion=with_captions,
             rank=rank, world_size=world_size,
@@ -72,6 +76,8 @@ class MovingMNISTBatches:
         clips = [self.dataset.clip(i) for i in self.clip_indices(step)]
         video = torch.stack([clip["video"] for clip in clips])  # (B, C, T, S, S)
         batch = {"video": downsample_video(video, self.source.frame_size)}
+        if self.with_labels:
+            batch["label"] = torch.stack([clip["labels"][0] for clip in clips])  # (B,)
         if self.with_captions:
             batch.update(_clip_conditions(clips))
         return batch
@@ -159,9 +165,12 @@ def make_clip_batches(
     world_size: int,
     batch_size: int,
     start_step: int,
+    with_labels: bool = False,
     with_captions: bool = False,
     needs_captions: bool = False,
 ) -> ClipBatches:
     if isinstance(source, MovingMNISTSource):
-        return MovingMNISTBatches(source, seed, rank, world_size, batch_size, with_captions=with_captions)
+        return MovingMNISTBatches(source, seed, rank, world_size, batch_size, with_labels, with_captions)
+    if with_labels:
+        raise ValueError("shard clips carry no class labels; train an unconditional model on shards")
     return ShardBatches(source, seed, rank, world_size, batch_size, start_step, with_captions, needs_captions)

@@ -4,7 +4,7 @@ Runs the bundled job `jobs/demo.yaml` (2 CPU workers, pixel-space MSC transforme
 32x32 moving digits, 8-frame clips), then generates a video twice the training length
 with the AD scheduler (sliding window past the training length) and writes to `out/`:
 
-    sample.mp4, sample.gif   the generated 16-frame video (enlarged 4x)
+    sample.mp4, sample.gif   the generated 16-frame video of the digit of real.gif (enlarged 4x)
     real.gif                 a training clip, for comparison
     loss.png                 the training loss curve
     metrics.json             steps, final loss, wall time, samples/s, ...
@@ -34,10 +34,10 @@ from msc_ray_train.video_output import video_to_rgb_frames, write_gif, write_mp4
 
 SAMPLE_LENGTH_FACTOR = 2  # the demo samples twice the training clip length
 SAMPLE_STEPS = 50  # DDIM steps per frame
-# Half-way autoregressive (a frame starts when the previous one is half denoised), with
-# ancestral noise: on a model this small it gives steadier frames than deterministic DDIM.
+# Half-way autoregressive: a frame starts when the previous one is half denoised.
 SAMPLE_OFFSET = 25
-SAMPLE_ETA = 1.0
+SAMPLE_ETA = 0.0  # deterministic DDIM
+GUIDANCE = 3.0  # classifier-free guidance toward the digit of real.gif (class-conditional job)
 VIEW_SCALE = 4  # 32x32 frames are shown at 128x128
 FPS = 8.0
 
@@ -69,11 +69,12 @@ def plot_loss(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def real_clip(job: TrainJob) -> torch.Tensor:
-    """A clip from the training stream `(C, T, H, W)`, to compare the sample with."""
+def real_clip(job: TrainJob) -> tuple[torch.Tensor, int | None]:
+    """A clip from the training stream `(C, T, H, W)` and its digit (class-conditional jobs)."""
     if not isinstance(job.data, MovingMNISTSource):
         raise ValueError("the demo job must use the moving-mnist data source")
-    return MovingMNISTBatches(job.data, job.seed, rank=0, world_size=1, batch_size=1).batch(0)["video"][0]
+    batch = MovingMNISTBatches(job.data, job.seed, 0, 1, 1, with_labels=job.class_conditional).batch(0)
+    return batch["video"][0], (int(batch["label"][0]) if "label" in batch else None)
 
 
 def run_demo(
@@ -93,13 +94,16 @@ def run_demo(
     train_done = time.perf_counter()
 
     model = load_trained_model(outcome.model_dir)
+    real, digit = real_clip(job)
     num_frames = SAMPLE_LENGTH_FACTOR * job.data.frames
-    video = generate_video(model, num_frames, seed=job.seed, num_steps=SAMPLE_STEPS, offset=SAMPLE_OFFSET,
-                           eta=SAMPLE_ETA, progress=progress)
+    video = generate_video(
+        model, num_frames, seed=job.seed, num_steps=SAMPLE_STEPS, offset=SAMPLE_OFFSET, eta=SAMPLE_ETA,
+        class_label=digit, guidance_scale=GUIDANCE if digit is not None else 1.0, progress=progress,
+    )
     frames = video_to_rgb_frames(video, scale=VIEW_SCALE)  # (2T, 128, 128, 3)
     write_mp4(out / "sample.mp4", frames, FPS)
     write_gif(out / "sample.gif", frames, FPS)
-    write_gif(out / "real.gif", video_to_rgb_frames(real_clip(job), scale=VIEW_SCALE), FPS)
+    write_gif(out / "real.gif", video_to_rgb_frames(real, scale=VIEW_SCALE), FPS)
     records = read_metrics(outcome.run_dir)
     plot_loss(records, out / "loss.png")
 
@@ -112,6 +116,9 @@ def run_demo(
         "batch_size_per_worker": job.batch_size,
         "train_frames": job.data.frames,
         "sample_frames": num_frames,
+        "sample_digit": digit,
+        "sampler": {"steps": SAMPLE_STEPS, "offset": SAMPLE_OFFSET, "eta": SAMPLE_ETA,
+                    "guidance_scale": GUIDANCE if digit is not None else 1.0},
         "frame_size": job.data.frame_size,
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,

@@ -206,6 +206,15 @@ class TrainJob(Config):
         kind = model_kind(self.model.kind)
         channels, frames, height, width = kind.clip_shape(self.model)
         data = self.data
+        num_classes = kind.num_classes(self.model)
+        if num_classes is not None:
+            if not (isinstance(data, MovingMNISTSource) and data.num_digits == 1):
+                raise ValueError(
+                    "a class-conditional model (model.num_classes) needs a class per clip: use the moving-mnist "
+                    "source with num_digits: 1 (its digit is the class)"
+                )
+            if num_classes < 10:
+                raise ValueError(f"model.num_classes={num_classes} but moving-mnist digits have 10 classes")
         size = data.frame_size
         size_field = "output_size" if isinstance(data, MovingMNISTSource) and data.output_size else "size"
         # None in clip_shape: the model takes any value its kind's check_clip accepts
@@ -229,6 +238,10 @@ class TrainJob(Config):
     @property
     def run_dir(self) -> Path:
         return self.run.run_dir
+
+    @property
+    def class_conditional(self) -> bool:
+        return model_kind(self.model.kind).num_classes(self.model) is not None
 
 
 def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:

@@ -6,8 +6,9 @@ interfaces"): the union is built from `MODEL_KINDS`, so a new model joins every 
 
 - is built as `model_class(config)` and keeps `self.config` (msc_core.checkpoint);
 - has `training_losses(batch, generator=None) -> {"loss": scalar, ...}` where
-  `batch["video"]` is a `(B, C, T, H, W)` clip batch in [-1, 1] (and, for a model
-  `with_captions`, `batch["caption"]`, `batch["motion"]` and `batch["fps"]`);
+  `batch["video"]` is a `(B, C, T, H, W)` clip batch in [-1, 1] (and, for a
+  class-conditional model, `batch["label"]` the `(B,)` class of each clip; for a
+  model `with_captions`, `batch["caption"]`, `batch["motion"]` and `batch["fps"]`);
 - has `generate(GenerationRequest) -> (B, C, T, H, W)` for samples.
 
 A YAML `model:` section may name a preset of the config class (`preset: demo`) and
@@ -43,6 +44,9 @@ class ModelKind:
     clip_shape: Callable[[Any], tuple[int, int, int, int]]
     # side of the square patch one token covers (for the tokens/s metric)
     patch_size: Callable[[Any], int]
+    # number of classes of a class-conditional config (batches then carry "label"), else None;
+    # raises ValueError for a condition the service cannot feed (text embeddings)
+    num_classes: Callable[[Any], int | None]
     # batches carry each clip's "caption" (list[str]), "motion" score and "fps" ((B,) floats)
     with_captions: Callable[[Any], bool] = lambda config: False
     # the model is text-conditional: clips without a caption are refused, never trained on
@@ -64,6 +68,15 @@ class ModelKind:
     # (B, C, T, H, W); training samples and `msc sample` show it beside the clip. None: the
     # model generates from noise (`generate`)
     reproduce_clip: Callable[[nn.Module, torch.Tensor, int, int], torch.Tensor] | None = None
+
+
+def _ardiffusion_num_classes(config: ARDiffusionConfig) -> int | None:
+    if config.conditioning == "text":
+        raise ValueError(
+            "model.text_embed_dim: text-conditional models need caller-supplied text embeddings, which the "
+            "training service does not produce; train unconditional or class-conditional (num_classes) models"
+        )
+    return config.num_classes
 
 
 def _ardiffusion_clip_shape(config: ARDiffusionConfig) -> tuple[int, int, int, int]:
@@ -88,24 +101,25 @@ def _nova_clip_shape(config: NovaConfig) -> tuple[int, int, int, int]:
 
 MODEL_KINDS: dict[str, ModelKind] = {
     "ardiffusion": ModelKind(
-        ARDiffusionConfig, ARDiffusion, _ardiffusion_clip_shape, lambda c: c.transformer.patch_size
+        ARDiffusionConfig, ARDiffusion, _ardiffusion_clip_shape, lambda c: c.transformer.patch_size,
+        _ardiffusion_num_classes,
     ),
     "nova": ModelKind(
-        NovaConfig, NOVA, _nova_clip_shape, lambda c: c.patch_size,
+        NovaConfig, NOVA, _nova_clip_shape, lambda c: c.patch_size, lambda c: None,
         with_captions=lambda c: True, needs_captions=lambda c: c.text_drop_prob < 1.0,
     ),
     # clip-to-clip models (tokenizer_kinds): patch_size is the pixels one latent position spans
     "vae3d": ModelKind(
         CausalVAE3DConfig, CausalVAE3D, tokenizer_kinds.vae3d_clip_shape, lambda c: c.spatial_compression,
-        check_clip=tokenizer_kinds.vae3d_check_clip, clip_tokens=tokenizer_kinds.vae3d_clip_tokens,
+        lambda c: None, check_clip=tokenizer_kinds.vae3d_check_clip, clip_tokens=tokenizer_kinds.vae3d_clip_tokens,
         reproduce_clip=tokenizer_kinds.reconstruct_clip,
     ),
     "arvae": ModelKind(
-        ARVAEConfig, ARVAE, tokenizer_kinds.arvae_clip_shape, lambda c: c.patch_size,
+        ARVAEConfig, ARVAE, tokenizer_kinds.arvae_clip_shape, lambda c: c.patch_size, lambda c: None,
         clip_tokens=tokenizer_kinds.arvae_clip_tokens, reproduce_clip=tokenizer_kinds.reconstruct_clip,
     ),
     "cascade": ModelKind(
-        CascadeConfig, CascadeModel, tokenizer_kinds.cascade_clip_shape, lambda c: c.dit.patch_size,
+        CascadeConfig, CascadeModel, tokenizer_kinds.cascade_clip_shape, lambda c: c.dit.patch_size, lambda c: None,
         check_clip=tokenizer_kinds.cascade_check_clip, clip_tokens=tokenizer_kinds.cascade_clip_tokens,
         prepare_section=tokenizer_kinds.cascade_prepare_section, model_files=tokenizer_kinds.cascade_model_files,
         reproduce_clip=tokenizer_kinds.refine_clip,

@@ -105,17 +105,20 @@ def generate_video(
     offset: int | None = None,
     eta: float = 0.0,
     prefix: torch.Tensor | None = None,
+    class_label: int | None = None,
+    guidance_scale: float = 1.0,
     progress: bool = True,
     prompt: str | None = None,
 ) -> torch.Tensor:
     """One sampled video `(C, T, H, W)` in [-1, 1]; `prefix` frames are kept and continued.
 
-    `eta`: DDIM noise (0 deterministic, 1 DDPM-like ancestral sampling). `prompt` (the
-    caption) for text-conditional models (NOVA).
+    `eta`: DDIM noise (0 deterministic, 1 DDPM-like ancestral sampling). `class_label`
+    and `guidance_scale` (classifier-free guidance) for class-conditional models; `prompt`
+    (the caption; guidance against the null caption) for text-conditional ones (NOVA).
     """
     request = GenerationRequest(
-        num_frames=num_frames, seed=seed, num_steps=num_steps, prefix=prefix,
-        scheduler=SchedulerParams(offset=offset, eta=eta), prompt=prompt,
+        num_frames=num_frames, seed=seed, num_steps=num_steps, prefix=prefix, class_label=class_label,
+        guidance_scale=guidance_scale, scheduler=SchedulerParams(offset=offset, eta=eta), prompt=prompt,
     )
     kwargs = {}
     bar = tqdm(desc="sampling", unit="iter", disable=not progress, leave=False)

@@ -275,8 +275,9 @@ def _write_training_sample(
         video = reproduce_beside_clip(ema_model, clip, job.seed, job.sample_steps)
         write_gif(run_dir / SAMPLES_DIR / f"step-{step:08d}.gif", video_to_rgb_frames(video, scale=4), fps=8.0)
         return
+    label = job.seed % 10 if job.class_conditional else None  # a fixed digit, to watch it improve
     request = GenerationRequest(num_frames=job.data.frames, seed=job.seed, num_steps=job.sample_steps,
-                                prompt=prompt)
+                                class_label=label, prompt=prompt)
     video = ema_model.generate(request)[0]  # (C, T, H, W)
     write_gif(run_dir / SAMPLES_DIR / f"step-{step:08d}.gif", video_to_rgb_frames(video, scale=4), fps=8.0)
 
@@ -295,7 +296,8 @@ def run_training_loop(
 ) -> str:
     """Train `job` on this rank until `job.steps`; returns the final status.
 
-    `restore_from`: the checkpoint directory to resume from (None: a new run).
+    `restore_from`: the checkpoint directory Ray Train handed over (None when it has
+    none); the run resumes from the newest valid checkpoint of the run (`restore_latest`).
     `report(metrics, checkpoint_dir)`: called on every rank at every report step;
     `checkpoint_dir` is a directory rank 0 has just written (None otherwise), valid only
     during the call. `prepare_model` wraps the loss module for data parallelism (DDP).
@@ -312,7 +314,7 @@ def run_training_loop(
     loss_module = prepare_model(TrainingLossModule(model))
     kind = model_kind(job.model.kind)
     batches = make_clip_batches(
-        job.data, job.seed, rank, world_size, job.batch_size, start_step,
+        job.data, job.seed, rank, world_size, job.batch_size, start_step, with_labels=job.class_conditional,
         with_captions=kind.with_captions(job.model), needs_captions=kind.needs_captions(job.model),
     )
     use_bf16 = job.precision == "bf16" and device.type == "cuda"
@@ -446,6 +448,6 @@ def _tensorboard_writer(run_dir: Path) -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # checked by the launcher as well; a worker may lack it on a cluster
         raise ModuleNotFoundError(
-            "tensorboard: true needs the `tensorboard` package on every worker: pip install tensorboard"
+            "tensorboard: true needs the `tensorboard` package on every worker: pip install 'msc-ray-train[tensorboard]'"
         ) from None
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
