@@ -146,13 +146,13 @@ def test_msc_sample_with_a_caption_writes_model_generate(straight: Any, tmp_path
     out = tmp_path / "seven.gif"
     caption = "the digit seven bouncing around"
     code = msc_main([
-        "sample", str(job.run_dir), "--frames", "6", "--caption", caption, "--steps", "4", "--seed", "7",
-        "--scale", "1", "--out", str(out), "--no-progress",
+        "sample", str(job.run_dir), "--frames", "6", "--caption", caption, "--steps", "4", "--guidance", "2",
+        "--seed", "7", "--scale", "1", "--out", str(out), "--no-progress",
     ])  # fmt: skip
     assert code == 0
     frames = read_gif(out)
     model = load_trained_model(job.run_dir / "model")
-    request = GenerationRequest(num_frames=6, prompt=caption, num_steps=4, seed=7)
+    request = GenerationRequest(num_frames=6, prompt=caption, num_steps=4, guidance_scale=2.0, seed=7)
     expected = video_to_rgb_frames(model.generate(request)[0].float().clamp(-1, 1), scale=1)
     assert frames.shape == (6, 16, 16, 3)  # 6 frames: past the 4-frame training window
     assert abs(frames.astype(int) - expected.astype(int)).max() <= 2
@@ -220,3 +220,36 @@ def test_msc_sample_refuses_a_caption_for_a_model_without_text(make_job_dict, tm
     code = msc_main(["sample", str(job.run_dir), "--frames", "2", "--caption", "a digit", "--steps", "2",
                      "--out", str(tmp_path / "x.gif"), "--no-progress"])
     assert code == 2 and "--caption is for text-conditional models" in capsys.readouterr().err
+
+
+def test_nova_without_caption_dropout_trains_under_ddp(tmp_path: Path, raylike_run: Any) -> None:
+    """text_drop_prob=0 never uses the null-caption parameter: DDP (what Ray's workers wrap
+    the model in) needs find_unused_parameters, which `data_parallel_options` turns on."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from msc_ray_train.train_loop import data_parallel_options
+
+    def job_named(name: str) -> Any:
+        job = nova_job_dict(tmp_path / "runs", name, steps=3, sample_every=0, checkpoint_every=3)
+        job["model"] = {**job["model"], "text_drop_prob": 0.0}
+        return job_from_dict(job)
+
+    single = job_named("single")
+    reporter = raylike_run.Reporter(single.run_dir)
+    run_training_loop(single, 0, 1, CPU, None, reporter)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        job = job_named("ddp")
+        options = data_parallel_options(job)
+        assert options == {"find_unused_parameters": True}
+        ddp = raylike_run.Reporter(job.run_dir)
+        wrap = lambda module: DistributedDataParallel(module, **options)  # noqa: E731
+        assert run_training_loop(job, 0, 1, CPU, None, ddp, prepare_model=wrap) == "finished"
+        assert [r["loss"] for r in ddp.reports] == [r["loss"] for r in reporter.reports]
+        with pytest.raises(RuntimeError, match="find_unused_parameters"):
+            run_training_loop(job_named("plain"), 0, 1, CPU, None, lambda m, c: None,
+                              prepare_model=DistributedDataParallel)
+    finally:
+        dist.destroy_process_group()
+    assert data_parallel_options(job_from_dict(nova_job_dict(tmp_path, "dropout"))) == {}

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--class-label", type=int, help="class to generate (class-conditional models)")
     sample.add_argument("--guidance", type=float, default=1.0,
                         help="classifier-free guidance scale with --class-label (default 1: none)")
-    sample.add_argument("--caption", help="text prompt (caption) of a text-conditional model (NOVA)")
+    sample.add_argument("--caption", help="text prompt (caption) of a text-conditional model (NOVA); with "
+                        "--guidance, classifier-free guidance against the null caption")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--fps", type=float, default=8.0)
     sample.add_argument("--scale", type=int, help="enlarge frames by this integer factor (default: to >= 128 px)")

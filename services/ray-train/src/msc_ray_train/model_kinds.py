@@ -68,6 +68,9 @@ class ModelKind:
     # (B, C, T, H, W); training samples and `msc sample` show it beside the clip. None: the
     # model generates from noise (`generate`)
     reproduce_clip: Callable[[nn.Module, torch.Tensor, int, int], torch.Tensor] | None = None
+    # some parameters may get no gradient in a step (NOVA's null caption when text_drop_prob=0):
+    # DDP then needs find_unused_parameters=True (without it, the second step fails)
+    find_unused_parameters: Callable[[Any], bool] = lambda config: False
 
 
 def _ardiffusion_num_classes(config: ARDiffusionConfig) -> int | None:
@@ -107,6 +110,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
     "nova": ModelKind(
         NovaConfig, NOVA, _nova_clip_shape, lambda c: c.patch_size, lambda c: None,
         with_captions=lambda c: True, needs_captions=lambda c: c.text_drop_prob < 1.0,
+        find_unused_parameters=lambda c: c.text_drop_prob == 0.0,  # the null caption is never used
     ),
     # clip-to-clip models (tokenizer_kinds): patch_size is the pixels one latent position spans
     "vae3d": ModelKind(

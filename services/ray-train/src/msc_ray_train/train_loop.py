@@ -22,6 +22,7 @@ DDP also broadcasts rank 0's weights), restores the newest valid checkpoint of t
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -403,6 +404,13 @@ def run_training_loop(
     return status
 
 
+def data_parallel_options(job: TrainJob) -> dict[str, Any]:
+    """Keyword arguments of `DistributedDataParallel` for the job's model."""
+    if model_kind(job.model.kind).find_unused_parameters(job.model):
+        return {"find_unused_parameters": True}
+    return {}
+
+
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`: `loop_config = {"job": TrainJob as a dict}`."""
     import ray.train
@@ -420,7 +428,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     with (checkpoint.as_directory() if checkpoint is not None else nullcontext(None)) as restore_from:
         run_training_loop(
             job, context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device(),
-            restore_from, report, prepare_model=ray.train.torch.prepare_model,
+            restore_from, report,
+            prepare_model=functools.partial(
+                ray.train.torch.prepare_model, parallel_strategy_kwargs=data_parallel_options(job) or None
+            ),
         )
 
 
