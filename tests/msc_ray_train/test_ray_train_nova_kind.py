@@ -253,3 +253,13 @@ def test_nova_without_caption_dropout_trains_under_ddp(tmp_path: Path, raylike_r
     finally:
         dist.destroy_process_group()
     assert data_parallel_options(job_from_dict(nova_job_dict(tmp_path, "dropout"))) == {}
+
+
+def test_a_nova_job_whose_training_samples_would_fail_is_refused_up_front(tmp_path: Path) -> None:
+    from msc_core.config import ConfigError
+
+    # 16 tokens per frame: a sample takes at most 16 set-by-set steps
+    assert job_from_dict(nova_job_dict(tmp_path, "ok", sample_steps=16)).sample_steps == 16
+    with pytest.raises(ConfigError, match="sample_steps=17 but a nova sample takes at most 16 steps"):
+        job_from_dict(nova_job_dict(tmp_path, "too-many", sample_steps=17))
+    assert job_from_dict(nova_job_dict(tmp_path, "no-samples", sample_steps=17, sample_every=0)).sample_every == 0

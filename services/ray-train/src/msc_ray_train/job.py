@@ -233,6 +233,13 @@ class TrainJob(Config):
             raise ValueError("precision='bf16' (autocast) is for GPUs: set scaling.use_gpu=true or precision='fp32'")
         if self.optim.warmup_steps > self.steps:
             raise ValueError(f"optim.warmup_steps={self.optim.warmup_steps} exceeds steps={self.steps}")
+        max_sample_steps = kind.max_sample_steps(self.model)
+        if self.sample_every and max_sample_steps is not None and self.sample_steps > max_sample_steps:
+            raise ValueError(
+                f"sample_steps={self.sample_steps} but a {self.model.kind} sample takes at most {max_sample_steps} "
+                f"steps (NOVA: one set-by-set step reveals at least one of a frame's {max_sample_steps} tokens); "
+                f"use sample_steps <= {max_sample_steps}"
+            )
         return self
 
     @property

@@ -71,6 +71,8 @@ class ModelKind:
     # some parameters may get no gradient in a step (NOVA's null caption when text_drop_prob=0):
     # DDP then needs find_unused_parameters=True (without it, the second step fails)
     find_unused_parameters: Callable[[Any], bool] = lambda config: False
+    # the most denoising steps (`sample_steps`) a training sample can take, None: any
+    max_sample_steps: Callable[[Any], int | None] = lambda config: None
 
 
 def _ardiffusion_num_classes(config: ARDiffusionConfig) -> int | None:
@@ -111,6 +113,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
         NovaConfig, NOVA, _nova_clip_shape, lambda c: c.patch_size, lambda c: None,
         with_captions=lambda c: True, needs_captions=lambda c: c.text_drop_prob < 1.0,
         find_unused_parameters=lambda c: c.text_drop_prob == 0.0,  # the null caption is never used
+        max_sample_steps=lambda c: c.token_grid[0] * c.token_grid[1],  # each set-by-set step reveals a token
     ),
     # clip-to-clip models (tokenizer_kinds): patch_size is the pixels one latent position spans
     "vae3d": ModelKind(
