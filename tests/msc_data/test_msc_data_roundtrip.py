@@ -31,7 +31,7 @@ from msc_data.manifest import ClipManifest
 from msc_data.motion import motion_score
 from msc_data.sample_videos import sample_video_paths
 from msc_data.shard_stream import ShardRef, SkipCounter, iter_shard_samples
-from msc_data.video_io import write_video
+from msc_data.video_io import iter_video_frames, write_video
 from msc_data.video_tensor import video_to_frames
 
 FRAMES, SIZE, FPS = 8, 32, 8.0
@@ -317,3 +317,21 @@ def test_rank_comes_from_an_initialised_process_group(shards, tmp_path: Path, mo
     assert [(r["rank"], r["world"]) for r in results] == [(0, 2), (1, 2)]
     keys = results[0]["keys"] + results[1]["keys"]
     assert len(keys) == len(set(keys)) and sorted(keys) == expected_keys(manifest)
+
+
+def test_gif_frames_merged_by_the_writer_come_back_at_the_shortest_frame_duration(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from msc_data.video_io import shortest_frame_duration
+
+    # a GIF whose frames are shown 2, 4, 2 and 6 centiseconds: 1 + 2 + 1 + 3 frames at 50 fps
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+    images = [Image.new("RGB", (16, 16), c) for c in colours]
+    path = tmp_path / "merged.gif"
+    images[0].save(path, save_all=True, append_images=images[1:], duration=[20, 40, 20, 60], loop=0)
+    assert shortest_frame_duration(path) == pytest.approx(0.02)
+    frames = list(iter_video_frames(path, fps=1 / shortest_frame_duration(path), size=16))
+    expected = [colours[i] for i in (0, 1, 1, 2, 3, 3, 3)]
+    assert len(frames) == len(expected)  # the last frame lasts its own 6 cs, not one "native" period
+    for frame, colour in zip(frames, expected):
+        assert np.abs(frame.astype(int) - np.array(colour)).max() <= 2

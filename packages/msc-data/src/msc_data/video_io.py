@@ -49,6 +49,32 @@ def resize_crop_geometry(width: int, height: int, size: int) -> tuple[int, int, 
     return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
 
 
+def _frame_duration(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> float | None:
+    """How long `frame` is shown, in seconds, when the container says so."""
+    duration, time_base = getattr(frame, "duration", None), frame.time_base or stream.time_base
+    if not duration or time_base is None:
+        return None
+    return float(duration * time_base)
+
+
+def shortest_frame_duration(path: str | Path) -> float | None:
+    """The shortest time any frame of `path` is shown, in seconds (None when unknown).
+
+    For a GIF (whose writers merge repeated frames into one longer frame) `1 / this` is
+    the frame rate at which `iter_video_frames` returns every original frame.
+    """
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"{path}: the file has no video stream")
+            stream = container.streams.video[0]
+            durations = [d for d in (_frame_duration(f, stream) for f in container.decode(stream)) if d]
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise VideoDecodeError(f"{path}: decoding failed ({_describe(err)})") from None
+    return min(durations) if durations else None
+
+
 def iter_video_frames(path: str | Path, fps: float | None, size: int | None) -> Iterator[np.ndarray]:
     """RGB uint8 frames `(size, size, 3)` of `path` resampled to `fps` frames per second.
 
@@ -88,6 +114,7 @@ def iter_video_frames(path: str | Path, fps: float | None, size: int | None) -> 
         prev: av.VideoFrame | None = None
         prev_rgb: np.ndarray | None = None
         prev_time = 0.0
+        prev_duration: float | None = None
         for i, frame in enumerate(container.decode(stream)):
             if fps is None:
                 yield to_rgb(frame)
@@ -103,9 +130,11 @@ def iter_video_frames(path: str | Path, fps: float | None, size: int | None) -> 
                 yield prev_rgb
                 next_index += 1
             prev, prev_rgb, prev_time = frame, None, t
+            prev_duration = _frame_duration(frame, stream)
         if prev is not None and fps is not None:
-            # The last frame is shown for one native frame period.
-            end = prev_time + 1.0 / (native_fps or fps)
+            # The last frame is shown for its own duration (GIF writers merge repeated
+            # frames into one longer frame), else for one native frame period.
+            end = prev_time + (prev_duration or 1.0 / (native_fps or fps))
             while next_index / fps < end - _TIME_EPS:
                 if prev_rgb is None:
                     prev_rgb = to_rgb(prev)

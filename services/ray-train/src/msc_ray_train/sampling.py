@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from msc_core.checkpoint import CONFIG_NAME, from_pretrained
 from msc_core.interfaces import GenerationRequest, SchedulerParams
-from msc_data.video_io import iter_video_frames
+from msc_data.video_io import iter_video_frames, shortest_frame_duration
 from msc_data.video_tensor import frames_to_video
 
 from msc_ray_train.model_kinds import model_kind
@@ -88,7 +88,10 @@ def read_prefix_video(path: str | Path, model: nn.Module, max_frames: int) -> to
         raise FileNotFoundError(f"{model.config.kind} model: cannot read the channels of its VAE")
     frames = []
     # height None: a size-agnostic model (vae3d) reads the video at its own size
-    for frame in iter_video_frames(path, fps=None, size=height):
+    # A GIF stores a repeated frame once, shown longer: resample at its shortest frame
+    # duration to get every original frame back (our own GIFs included).
+    shortest = shortest_frame_duration(path) if path.suffix.lower() == ".gif" else None
+    for frame in iter_video_frames(path, fps=1.0 / shortest if shortest else None, size=height):
         frames.append(frame)
         if len(frames) == max_frames:
             break

@@ -40,8 +40,13 @@ def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(f) for f in frames]
+    # GIF stores whole centiseconds (and browsers slow anything under 2 cs down), and
+    # Pillow merges identical consecutive frames into one frame shown longer: a frame
+    # time in whole centiseconds keeps every merged duration an exact multiple of it, so
+    # readers (msc_data.video_io.shortest_frame_duration) recover every frame.
+    centiseconds = max(2, round(100 / fps))
     images[0].save(
-        path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0, optimize=False
+        path, save_all=True, append_images=images[1:], duration=10 * centiseconds, loop=0, optimize=False
     )
     return path
 
@@ -64,13 +69,17 @@ def write_video_file(path: str | Path, frames: np.ndarray, fps: float) -> Path:
 
 
 def read_gif(path: str | Path) -> np.ndarray:
-    """All frames of a GIF as uint8 RGB `(T, H, W, 3)`."""
+    """All frames of a GIF as uint8 RGB `(T, H, W, 3)`; a frame shown k times longer than
+    the shortest one (repeated frames a writer merged) is returned k times."""
     with Image.open(path) as image:
-        frames = []
+        frames, durations = [], []
         for index in range(getattr(image, "n_frames", 1)):
             image.seek(index)
             frames.append(np.asarray(image.convert("RGB")))
-    return np.stack(frames)
+            durations.append(image.info.get("duration") or 0)
+    shortest = min((d for d in durations if d > 0), default=0)
+    repeats = [max(1, round(d / shortest)) if shortest else 1 for d in durations]
+    return np.stack([frame for frame, k in zip(frames, repeats) for _ in range(k)])
 
 
 def frame_grid(frames: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray:
