@@ -149,7 +149,9 @@ def latent_pool(model: CascadeModel, clips: RandomClips, num_frames: int, count:
 
 def train_cascade(mode: str, vae_dir: Path, clips: RandomClips, seconds: float, steps: int) -> tuple[CascadeModel, int]:
     frames = SR_FRAMES if mode == "sr" else FPS_FRAMES
-    config = CascadeConfig(mode=mode, dit={**DIT, "latent_channels": 8}, vae_path=str(vae_dir), sample_steps=steps,
+    latent_channels = CausalVAE3DConfig.load(vae_dir / "config.json").latent_channels
+    config = CascadeConfig(mode=mode, dit={**DIT, "latent_channels": latent_channels}, vae_path=str(vae_dir),
+                           sample_steps=steps,
                            num_frames=frames, height=SIZE, width=SIZE)
     model = CascadeModel(config)
     start = time.perf_counter()
@@ -273,7 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=3.0,
                         help="training budget: VAE 50%%, each cascade 25%% (50%% each with --vae)")
-    parser.add_argument("--vae", type=Path, help="a trained CausalVAE3D directory (8 latent channels): skip VAE training")
+    parser.add_argument("--vae", type=Path, help="a trained CausalVAE3D directory (e.g. runs/bench_tokenizers/vae3d from bench/tokenizers.py): skip VAE training")
     parser.add_argument("--steps", type=int, default=8, help="DDIM steps of the cascade")
     parser.add_argument("--eval-clips", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
