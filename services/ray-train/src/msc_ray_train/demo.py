@@ -4,8 +4,9 @@ Runs the bundled job `jobs/demo.yaml` (2 CPU workers, pixel-space MSC transforme
 32x32 moving digits, 8-frame clips), then generates a video twice the training length
 with the AD scheduler (sliding window past the training length) and writes to `out/`:
 
-    sample.mp4, sample.gif   the generated 16-frame video of the digit of real.gif (enlarged 4x)
-    real.gif                 a training clip, for comparison
+    sample.mp4, sample.gif   generated 16-frame videos, one per digit (class-conditional job;
+                             else 4 seeds) side by side, enlarged 3x
+    real.gif                 training clips of the same digits, for comparison
     loss.png                 the training loss curve
     metrics.json             steps, final loss, wall time, samples/s, ...
     runs/demo/               the Ray Train run: checkpoints, model/, metrics.jsonl
@@ -21,24 +22,28 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from msc_core.checkpoint import atomic_write_text
 
 from msc_ray_train.clip_batches import MovingMNISTBatches
+from msc_ray_train.model_kinds import model_kind
 from msc_ray_train.job import MovingMNISTSource, TrainJob, load_job
 from msc_ray_train.launch import run_training
 from msc_ray_train.sampling import generate_video, load_trained_model
 from msc_ray_train.train_loop import read_metrics
-from msc_ray_train.video_output import video_to_rgb_frames, write_gif, write_mp4
+from msc_ray_train.video_output import frame_grid, video_to_rgb_frames, write_gif, write_mp4
 
 SAMPLE_LENGTH_FACTOR = 2  # the demo samples twice the training clip length
 SAMPLE_STEPS = 50  # DDIM steps per frame
 # Half-way autoregressive: a frame starts when the previous one is half denoised.
 SAMPLE_OFFSET = 25
 SAMPLE_ETA = 0.0  # deterministic DDIM
-GUIDANCE = 3.0  # classifier-free guidance toward the digit of real.gif (class-conditional job)
-VIEW_SCALE = 4  # 32x32 frames are shown at 128x128
+GUIDANCE = 2.0  # classifier-free guidance toward each sample's digit (class-conditional job)
+UNCONDITIONAL_SAMPLES = 4  # samples (seeds) shown by an unconditional job
+GRID_COLUMNS = 5  # videos per row of sample.gif / real.gif
+VIEW_SCALE = 3  # 32x32 frames are shown at 96x96
 FPS = 8.0
 
 
@@ -69,12 +74,28 @@ def plot_loss(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def real_clip(job: TrainJob) -> tuple[torch.Tensor, int | None]:
-    """A clip from the training stream `(C, T, H, W)` and its digit (class-conditional jobs)."""
+def real_clips(job: TrainJob, labels: list[int | None]) -> list[torch.Tensor]:
+    """Clips `(C, T, H, W)` of the training stream: for each label the first clip of that
+    digit (class-conditional jobs), else the first clips."""
     if not isinstance(job.data, MovingMNISTSource):
         raise ValueError("the demo job must use the moving-mnist data source")
-    batch = MovingMNISTBatches(job.data, job.seed, 0, 1, 1, with_labels=job.class_conditional).batch(0)
-    return batch["video"][0], (int(batch["label"][0]) if "label" in batch else None)
+    stream = MovingMNISTBatches(job.data, job.seed, 0, 1, 1, with_labels=job.class_conditional)
+    wanted, found = set(labels), {}
+    for index in range(100 * len(labels)):
+        batch = stream.batch(index)
+        label = int(batch["label"][0]) if "label" in batch else index
+        if label in wanted and label not in found:
+            found[label] = batch["video"][0]
+        if len(found) == len(wanted):
+            break
+    return [found.get(label if label is not None else i, batch["video"][0]) for i, label in enumerate(labels)]
+
+
+def side_by_side(videos: list[torch.Tensor]) -> np.ndarray:
+    """Videos `(C, T, H, W)` in [-1, 1] tiled into one RGB video `(T, H', W', 3)`, 5 per row."""
+    frames = [video_to_rgb_frames(v, scale=VIEW_SCALE) for v in videos]  # each (T, h, w, 3)
+    columns = min(len(frames), GRID_COLUMNS)
+    return np.stack([frame_grid(np.stack([f[t] for f in frames]), columns=columns) for t in range(len(frames[0]))])
 
 
 def run_demo(
@@ -94,16 +115,21 @@ def run_demo(
     train_done = time.perf_counter()
 
     model = load_trained_model(outcome.model_dir)
-    real, digit = real_clip(job)
+    num_classes = model_kind(job.model.kind).num_classes(job.model)
+    labels: list[int | None] = list(range(num_classes)) if num_classes else [None] * UNCONDITIONAL_SAMPLES
+    guidance = GUIDANCE if num_classes else 1.0
     num_frames = SAMPLE_LENGTH_FACTOR * job.data.frames
-    video = generate_video(
-        model, num_frames, seed=job.seed, num_steps=SAMPLE_STEPS, offset=SAMPLE_OFFSET, eta=SAMPLE_ETA,
-        class_label=digit, guidance_scale=GUIDANCE if digit is not None else 1.0, progress=progress,
-    )
-    frames = video_to_rgb_frames(video, scale=VIEW_SCALE)  # (2T, 128, 128, 3)
+    videos = [
+        generate_video(
+            model, num_frames, seed=job.seed + i, num_steps=SAMPLE_STEPS, offset=SAMPLE_OFFSET, eta=SAMPLE_ETA,
+            class_label=label, guidance_scale=guidance, progress=progress,
+        )
+        for i, label in enumerate(labels)
+    ]
+    frames = side_by_side(videos)  # (2T, H', W', 3)
     write_mp4(out / "sample.mp4", frames, FPS)
     write_gif(out / "sample.gif", frames, FPS)
-    write_gif(out / "real.gif", video_to_rgb_frames(real, scale=VIEW_SCALE), FPS)
+    write_gif(out / "real.gif", side_by_side(real_clips(job, labels)), FPS)
     records = read_metrics(outcome.run_dir)
     plot_loss(records, out / "loss.png")
 
@@ -116,9 +142,9 @@ def run_demo(
         "batch_size_per_worker": job.batch_size,
         "train_frames": job.data.frames,
         "sample_frames": num_frames,
-        "sample_digit": digit,
-        "sampler": {"steps": SAMPLE_STEPS, "offset": SAMPLE_OFFSET, "eta": SAMPLE_ETA,
-                    "guidance_scale": GUIDANCE if digit is not None else 1.0},
+        "sample_digits": labels if num_classes else None,
+        "sample_seeds": [job.seed + i for i in range(len(labels))],
+        "sampler": {"steps": SAMPLE_STEPS, "offset": SAMPLE_OFFSET, "eta": SAMPLE_ETA, "guidance_scale": guidance},
         "frame_size": job.data.frame_size,
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,

@@ -259,7 +259,9 @@ def run_training(
     return TrainOutcome(
         run_dir=job.run_dir,
         step=int(metrics.get("step", start_step)),
-        start_step=int(metrics.get("start_step", start_step)),
+        # where the last (re)start of the worker group began; a re-run of a finished run
+        # reports nothing new, and Ray then returns the metrics of the last checkpoint
+        start_step=max(int(metrics.get("start_step", start_step)), start_step),
         metrics=metrics,
         checkpoint_dir=checkpoint_dir,
         model_dir=job.run_dir / EXPORT_DIR,
