@@ -235,8 +235,9 @@ def median_ms(fn, repeats: int = 7) -> float:
 def onnx_section(sr: CascadeModel, heldout_sr: torch.Tensor, directory: Path) -> dict:
     threads = torch.get_num_threads()
     vae = sr.vae
-    latents = torch.randn(1, 8, 5, SIZE // 8, SIZE // 8)
-    x = torch.randn(1, 8, 5, SIZE // 8, SIZE // 8)
+    channels = vae.config.latent_channels
+    latents = torch.randn(1, channels, 5, SIZE // 8, SIZE // 8)
+    x = torch.randn(1, channels, 5, SIZE // 8, SIZE // 8)
     t, t_next = torch.tensor([999]), torch.tensor([874])
     # PyTorch first, in a process that has not traced anything yet (eager timings measured
     # after draft_export came out several times slower)
