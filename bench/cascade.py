@@ -5,7 +5,7 @@
 1. A tiny CausalVAE3D (4x temporal, 8x spatial, 8 latent channels) is trained for
    50% of `--minutes` on 5-frame clips (or loaded with `--vae DIR`), then frozen.
 2. Two cascades (sr, fps) are trained for 25% of `--minutes` each (50% with `--vae`),
-   including encoding a pool of 256 (sr) / 128 (fps) clips once, on latents of random
+   including encoding a pool of `--pool` (sr) / `--pool / 4` (fps) clips once, on latents of random
    64x64 crops of `bigbuckbunny.mp4` and `bikes.mp4` (msc-data's sample videos,
    short side resized to 96 with area averaging; random horizontal flips).
 3. Held-out: consecutive clips of `carphone_pristine.mp4` (another source), center 64x64.
@@ -147,22 +147,28 @@ def latent_pool(model: CascadeModel, clips: RandomClips, num_frames: int, count:
     return torch.cat(targets), torch.cat(bases)
 
 
-def train_cascade(mode: str, vae_dir: Path, clips: RandomClips, seconds: float, steps: int) -> tuple[CascadeModel, int]:
+def train_cascade(
+    mode: str, vae_dir: Path, clips: RandomClips, seconds: float, steps: int, conditioning: str, pool: int
+) -> tuple[CascadeModel, int]:
     frames = SR_FRAMES if mode == "sr" else FPS_FRAMES
     latent_channels = CausalVAE3DConfig.load(vae_dir / "config.json").latent_channels
     config = CascadeConfig(mode=mode, dit={**DIT, "latent_channels": latent_channels}, vae_path=str(vae_dir),
-                           sample_steps=steps,
+                           sample_steps=steps, conditioning=conditioning,
                            num_frames=frames, height=SIZE, width=SIZE)
     model = CascadeModel(config)
     start = time.perf_counter()
-    targets, bases = latent_pool(model, clips, frames, 256 if mode == "sr" else 128)
+    targets, bases = latent_pool(model, clips, frames, pool)
     model = CascadeModel(config.replace(latent_scale=suggest_latent_scale(targets)))
+    scale = model.config.latent_scale
+    with torch.no_grad():  # the DiT's condition of every pooled clip, once (pixel: VAE decode + encode)
+        conditions = torch.cat([model.condition(bases[i:i + 16]) / scale for i in range(0, len(bases), 16)])
     gen = torch.Generator().manual_seed(1)
     model.train()
 
     def step() -> torch.Tensor:
         idx = torch.randint(0, len(targets), (8,), generator=gen)
-        return model.training_losses({"latents": targets[idx], "base_latents": bases[idx]}, generator=gen)["loss"]
+        batch = {"latents": targets[idx], "base_latents": bases[idx], "condition_latents": conditions[idx]}
+        return model.training_losses(batch, generator=gen)["loss"]
 
     n = train_for(step, list(model.dit.parameters()), seconds - (time.perf_counter() - start), 1e-3, f"cascade-{mode}")
     log(f"[cascade-{mode}] {n} steps, latent_scale {model.config.latent_scale:.3f}")
@@ -278,6 +284,10 @@ def main() -> None:
                         help="training budget: VAE 50%%, each cascade 25%% (50%% each with --vae)")
     parser.add_argument("--vae", type=Path, help="a trained CausalVAE3D directory (e.g. runs/bench_tokenizers/vae3d from bench/tokenizers.py): skip VAE training")
     parser.add_argument("--steps", type=int, default=8, help="DDIM steps of the cascade")
+    parser.add_argument("--pool", type=int, default=256,
+                        help="clips encoded once for the sr cascade (fps: a quarter); the DiT trains on these")
+    parser.add_argument("--conditioning", choices=["latent", "pixel"], default="latent",
+                        help="CascadeConfig.conditioning of both cascades")
     parser.add_argument("--eval-clips", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -300,8 +310,9 @@ def main() -> None:
             vae_dir, vae_steps = tmp / "vae", "trained"
             save_pretrained(vae, vae_dir)
         share = 0.25 if args.vae is None else 0.5
-        sr, sr_steps = train_cascade("sr", vae_dir, clips, share * budget, args.steps)
-        fps, fps_steps = train_cascade("fps", vae_dir, clips, share * budget, args.steps)
+        sr, sr_steps = train_cascade("sr", vae_dir, clips, share * budget, args.steps, args.conditioning, args.pool)
+        fps, fps_steps = train_cascade("fps", vae_dir, clips, share * budget, args.steps, args.conditioning,
+                                       max(16, args.pool // 4))
         train_seconds = time.perf_counter() - started
         log("evaluating")
         result = {
@@ -309,12 +320,19 @@ def main() -> None:
             "train_seconds": round(train_seconds, 1),
             "vae": "loaded" if vae_steps is None else "trained",
             "ddim_steps": args.steps,
+            "conditioning": args.conditioning,
+            "pool": args.pool,
             "sr": {"train_steps": sr_steps, "heldout_clips": len(heldout_sr), **evaluate(sr, heldout_sr)},
             "fps": {"train_steps": fps_steps, "heldout_clips": len(heldout_fps), **evaluate(fps, heldout_fps)},
         }
         log(json.dumps(result))
         log("exporting to ONNX")
-        result.update(onnx_section(sr, heldout_sr, tmp / "onnx"))
+        onnx_model = sr
+        if sr.config.conditioning != "latent":  # the ONNX Runtime runner has no VAE encoder: time the same DiT
+            onnx_model = CascadeModel(sr.config.replace(conditioning="latent")).eval()
+            onnx_model.dit.load_state_dict(sr.dit.state_dict())
+            result["onnx_model"] = "the sr DiT with conditioning='latent' (the runner has no VAE encoder)"
+        result.update(onnx_section(onnx_model, heldout_sr, tmp / "onnx"))
     sr_r, fps_r = result["sr"], result["fps"]
     result["sr_beats_bicubic"] = {
         f"{key}_{m}": sr_r[key][m] > sr_r["bicubic"][m] for key in ("cascade", "cascade_1step") for m in ("psnr", "ssim")

@@ -147,3 +147,67 @@ def test_bad_configs_and_inputs_are_named(make_cascade, tiny_vae_dir, tmp_path):
         from msc_core.interfaces import GenerationRequest
 
         model.generate(GenerationRequest(num_frames=5))
+
+
+# --- pixel conditioning: the baseline's own latent, refined by a residual ------------------
+
+
+def baseline_video(model, base_latents):
+    """Independent re-statement of the baselines: bicubic 4x per frame (sr), or frames blended
+    linearly between the decoded keyframes (fps)."""
+    keys = model.vae.decode(base_latents).clamp(-1, 1)  # (B, C, n, h, w)
+    f = model.config.factor
+    if model.config.mode == "sr":
+        frames = [F.interpolate(keys[:, :, i], scale_factor=f, mode="bicubic", align_corners=False)
+                  for i in range(keys.shape[2])]
+        return torch.stack(frames, 2).clamp(-1, 1)
+    out = []
+    for k in range(1 + f * (keys.shape[2] - 1)):
+        j, w = divmod(k, f)
+        out.append(keys[:, :, j] if w == 0 else (1 - w / f) * keys[:, :, j] + (w / f) * keys[:, :, j + 1])
+    return torch.stack(out, 2)
+
+
+@pytest.mark.parametrize("mode", ["sr", "fps"])
+def test_pixel_condition_is_the_reencoded_baseline_upsampling(make_cascade, mode):
+    model = make_cascade(mode, conditioning="pixel", latent_scale=0.5)
+    base = torch.randn(2, 4, 2, 2, 2) * 0.5
+    expected = model.vae.encode(baseline_video(model, base)) * 0.5
+    got = model.condition(base)
+    assert got.shape == (2, 4, *model.target_size(base))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["sr", "fps"])
+def test_pixel_conditioned_cascade_with_a_silent_dit_returns_the_baseline(make_cascade, mode):
+    model = make_cascade(mode, conditioning="pixel", latent_scale=0.5)
+    for p in model.dit.final_layer.parameters():  # the DiT's correction is zero (its init)
+        nn.init.zeros_(p)
+    base = torch.randn(1, 4, 2, 2, 2) * 0.5
+    out = model.refine(base, steps=3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, model.condition(base) / 0.5, atol=1e-5)
+
+
+def test_pixel_conditioned_loss_is_the_mse_of_the_corrected_condition(make_cascade):
+    model = make_cascade("sr", conditioning="pixel").train()
+    clip = video((2, 3, 5, 64, 64))
+    losses = model.training_losses({"video": clip}, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, 1000, (2,), generator=gen)
+    target, base = model.encode_pair(clip)
+    noise = torch.randn(target.shape, generator=gen)
+    ab = per_frame(alpha_bar_at(t, model.alphas_cumprod), target, 2).float()
+    x_t = ab.sqrt() * target + (1 - ab).sqrt() * noise
+    condition = model.condition(base)
+    assert torch.allclose(losses["loss"], F.mse_loss(condition + model.dit(x_t, condition, t), target), rtol=1e-5)
+
+
+def test_pixel_conditioning_needs_x0_and_a_vae_encoder(make_cascade, tiny_vae_dir):
+    from msc_cascade.cascade_decoder import CascadeDecodePipeline
+
+    with pytest.raises(ValueError, match="conditioning='pixel'.*prediction='x0'"):
+        make_cascade("sr", conditioning="pixel", prediction="eps")
+    model = make_cascade("sr", conditioning="pixel")
+    # a pipeline without a VAE encoder (the ONNX Runtime runner) refuses it clearly
+    with pytest.raises(ValueError, match="needs the VAE encoder"):
+        CascadeDecodePipeline(model.config, model.latent_spec, None).condition(torch.randn(1, 4, 2, 2, 2))

@@ -83,6 +83,17 @@ class CascadeDecodePipeline:
     def denoise_step(self, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def condition(self, base_latents: torch.Tensor) -> torch.Tensor:
+        """The DiT's condition of the whole clip (`CascadeModel.condition`); pipelines
+        without a VAE encoder support latent conditioning only."""
+        if self.config.conditioning != "latent":
+            raise ValueError(
+                f"conditioning={self.config.conditioning!r} re-encodes the upsampled base video, which needs the "
+                f"VAE encoder; {type(self).__name__} has none: decode with CascadeDecoder (PyTorch)"
+            )
+        size = self.target_size(base_latents)
+        return upsample_base_latent(base_latents.to(self.device, torch.float32) * self.config.latent_scale, size)
+
     def decode_latent_tile(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode of one spatial tile `[B, C, T, h, w]` -> `[B, 3, 1 + tc (T - 1), h s, w s]`."""
         raise NotImplementedError
@@ -114,9 +125,8 @@ class CascadeDecodePipeline:
     @torch.no_grad()
     def refine(self, base_latents: torch.Tensor, seed: int = 0, progress: ProgressFn | None = None) -> torch.Tensor:
         """Base latents `[B, C, t, h, w]` -> target latents, deterministic for a given `seed`."""
-        size = self.target_size(base_latents)
         scale = self.config.latent_scale
-        base_up = upsample_base_latent(base_latents.to(self.device, torch.float32) * scale, size)
+        base_up = self.condition(base_latents)
         noise = initial_noise(tuple(base_up.shape), torch.Generator().manual_seed(seed), base_up.device, base_up.dtype)
         grid = ddim_timestep_grid(self.config.num_timesteps, self.steps)
         total, done = self.work_units(base_latents), 0
@@ -194,6 +204,9 @@ class CascadeDecoder(CascadeDecodePipeline):
 
     def denoise_step(self, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
         return self.model.denoise_step(x_t, base_up, t, t_next)
+
+    def condition(self, base_latents: torch.Tensor) -> torch.Tensor:
+        return self.model.condition(base_latents)
 
     def decode_latent_tile(self, latents: torch.Tensor) -> torch.Tensor:
         chunk = self.settings.vae_chunk_frames

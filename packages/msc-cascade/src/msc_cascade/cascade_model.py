@@ -34,6 +34,7 @@ from torch import nn
 from msc_cascade.cascade_sampling import (
     CascadeMode,
     cascade_ddim_step,
+    cascade_prediction,
     ddim_refine,
     initial_noise,
     target_latent_size,
@@ -68,6 +69,12 @@ class CascadeConfig(Config):
     sample_steps: int = Field(8, ge=1, description="DDIM steps when sampling (4-16 is the useful range)")
     latent_scale: float = Field(1.0, gt=0, description="latents are multiplied by this before diffusion")
     downsample: Literal["area", "bicubic"] = Field("area", description="sr mode: how the base video is downsized")
+    conditioning: Literal["latent", "pixel"] = Field(
+        "latent",
+        description="how the base latent becomes the DiT's condition: 'latent' upsamples it in latent space "
+        "(CascadeV); 'pixel' decodes it, upsamples the video in pixels (bicubic for sr, linear frame blending "
+        "for fps), re-encodes it, and the DiT predicts x0 as a correction of that latent",
+    )
     num_frames: int = Field(9, ge=1, description="training clip frames")
     height: int = Field(64, gt=0, description="training clip height (pixels)")
     width: int = Field(64, gt=0, description="training clip width (pixels)")
@@ -78,7 +85,14 @@ class CascadeConfig(Config):
             raise ValueError(f"noise_schedule {self.noise_schedule!r} is not one of {BETA_SCHEDULES}")
         if self.sample_steps > self.num_timesteps:
             raise ValueError(f"sample_steps={self.sample_steps} exceeds num_timesteps={self.num_timesteps}")
+        if self.conditioning == "pixel" and self.prediction != "x0":
+            raise ValueError("conditioning='pixel' predicts x0 as a correction of the condition: use prediction='x0'")
         return self
+
+    @property
+    def residual(self) -> bool:
+        """The DiT predicts a correction of its condition (pixel conditioning)."""
+        return self.conditioning == "pixel"
 
     def clip_rules(self, spec: LatentSpec) -> tuple[int, int]:
         """(frames step, size multiple) of valid clips for a VAE with latent spec `spec`:
@@ -226,9 +240,37 @@ class CascadeModel(nn.Module):
 
     # --- denoising ----------------------------------------------------------------------
 
+    def upsample_base_video(self, video: torch.Tensor) -> torch.Tensor:
+        """The baseline's pixel upsampling of a decoded base clip `[B, C, n, h, w]`: bicubic
+        `factor`x (sr), or `1 + factor (n - 1)` frames blended linearly between neighbours (fps)."""
+        f = self.config.factor
+        B, C, n, h, w = video.shape
+        if self.config.mode == "sr":
+            frames = video.transpose(1, 2).reshape(B * n, C, h, w)
+            up = F.interpolate(frames, scale_factor=f, mode="bicubic", align_corners=False)
+            return up.reshape(B, n, C, h * f, w * f).transpose(1, 2).clamp(-1, 1)
+        if n == 1:
+            return video
+        weights = torch.arange(f, device=video.device, dtype=video.dtype) / f  # (f,)
+        left, right = video[:, :, :-1, None], video[:, :, 1:, None]  # (B, C, n-1, 1, h, w)
+        blended = left + (right - left) * weights.view(1, 1, 1, f, 1, 1)  # (B, C, n-1, f, h, w)
+        return torch.cat([blended.reshape(B, C, (n - 1) * f, h, w), video[:, :, -1:]], dim=2)
+
+    @torch.no_grad()
+    def condition(self, base_latents: torch.Tensor) -> torch.Tensor:
+        """The DiT's condition `base_up` (scaled latent space, target size) of unscaled base latents."""
+        size = self.target_size(base_latents)
+        scale = self.config.latent_scale
+        base = base_latents.to(self.device, torch.float32)
+        if self.config.conditioning == "latent":
+            return upsample_base_latent(base * scale, size)
+        video = self.upsample_base_video(self.vae.decode(base).clamp(-1, 1))
+        return self.vae.encode(video) * scale
+
     def denoise_step(self, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
         """One DDIM step in the scaled latent space (the graph `onnx_export` exports)."""
-        return cascade_ddim_step(self.dit, x_t, base_up, t, t_next, self.alphas_cumprod, self.config.prediction)
+        return cascade_ddim_step(self.dit, x_t, base_up, t, t_next, self.alphas_cumprod, self.config.prediction,
+                                 self.config.residual)
 
     def timestep_grid(self, steps: int | None = None) -> torch.Tensor:
         return ddim_timestep_grid(self.config.num_timesteps, steps or self.config.sample_steps)
@@ -245,10 +287,8 @@ class CascadeModel(nn.Module):
 
         `noise` (scaled-latent space, target shape) overrides drawing it from `generator`.
         """
-        size = self.target_size(base_latents)
         scale = self.config.latent_scale
-        base = base_latents.to(self.device, torch.float32)
-        base_up = upsample_base_latent(base * scale, size)
+        base_up = self.condition(base_latents)
         if noise is None:
             noise = initial_noise(tuple(base_up.shape), generator, base_up.device, base_up.dtype)
         x = ddim_refine(self.denoise_step, base_up, noise.to(base_up), self.timestep_grid(steps))
@@ -262,7 +302,9 @@ class CascadeModel(nn.Module):
         """Named losses; `"loss"` is the scalar to optimise.
 
         `batch`: `"video"` `[B, 3, N, H, W]` in [-1, 1], or precomputed `"latents"` (target)
-        and `"base_latents"` (unscaled VAE latents, e.g. from a latent cache). One
+        and `"base_latents"` (unscaled VAE latents, e.g. from a latent cache), optionally with
+        `"condition_latents"` = `condition(base_latents) / latent_scale` (saves pixel
+        conditioning's VAE decode + encode per step). One
         timestep per clip, uniform in `0..num_timesteps-1`; MSE on the x0 (or eps) target.
         """
         if "video" in batch:
@@ -279,13 +321,18 @@ class CascadeModel(nn.Module):
             raise ValueError(f"batch must hold 'video', or 'latents' and 'base_latents'; got keys {sorted(batch)}")
         scale = self.config.latent_scale
         x0 = target.float() * scale
-        base_up = upsample_base_latent(base.float() * scale, tuple(x0.shape[2:]))
+        if "condition_latents" in batch:  # precomputed `condition(base) / latent_scale` (a cache)
+            base_up = batch["condition_latents"].to(self.device).float() * scale
+            if base_up.shape != x0.shape:
+                raise ValueError(f"condition_latents {tuple(base_up.shape)} must have the latents' shape {tuple(x0.shape)}")
+        else:
+            base_up = self.condition(base)
         B = x0.shape[0]
         gen_device = generator.device if generator is not None else x0.device
         t = torch.randint(0, self.config.num_timesteps, (B,), generator=generator, device=gen_device).to(x0.device)
         noise = initial_noise(tuple(x0.shape), generator, x0.device, x0.dtype) if generator is not None else torch.randn_like(x0)
         x_t = q_sample(x0, t, noise, self.alphas_cumprod, frame_dim=2)
-        pred = self.dit(x_t, base_up, t)
+        pred = cascade_prediction(self.dit, x_t, base_up, t, self.config.residual)
         goal = x0 if self.config.prediction == "x0" else noise
         loss = F.mse_loss(pred, goal)
         return {"loss": loss, f"{self.config.prediction}_mse": loss.detach()}

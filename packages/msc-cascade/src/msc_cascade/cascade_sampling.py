@@ -42,6 +42,12 @@ def target_latent_size(mode: str, factor: int, base_size: tuple[int, int, int]) 
     raise ValueError(f"unknown cascade mode {mode!r}; valid: {', '.join(CASCADE_MODES)}")
 
 
+def cascade_prediction(dit: nn.Module, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, residual: bool) -> torch.Tensor:
+    """The DiT's output in its prediction space; with `residual`, `base_up + DiT(...)` (x0)."""
+    pred = dit(x_t, base_up, t)
+    return base_up + pred if residual else pred
+
+
 def cascade_ddim_step(
     dit: nn.Module,
     x_t: torch.Tensor,
@@ -50,9 +56,12 @@ def cascade_ddim_step(
     t_next: torch.Tensor,
     alphas_cumprod: torch.Tensor,
     prediction: str = "x0",
+    residual: bool = False,
 ) -> torch.Tensor:
-    """One DDIM step `x_t -> x_{t_next}` of the cascade DiT; `t`, `t_next` are `[B]` (t_next -1 = clean)."""
-    pred = dit(x_t, base_up, t)
+    """One DDIM step `x_t -> x_{t_next}` of the cascade DiT; `t`, `t_next` are `[B]` (t_next -1 = clean).
+
+    `residual`: the DiT predicts x0 as a correction of `base_up` (pixel conditioning)."""
+    pred = cascade_prediction(dit, x_t, base_up, t, residual)
     x0 = convert_prediction(pred, prediction, "x0", x_t, t, alphas_cumprod, frame_dim=2)
     return ddim_step(x_t, x0, t, t_next, alphas_cumprod, frame_dim=2)
 

@@ -123,11 +123,11 @@ class CascadeDenoiseStep(nn.Module):
     def __init__(self, model: CascadeModel) -> None:
         super().__init__()
         self.dit = model.dit
-        self.prediction = model.config.prediction
+        self.prediction, self.residual = model.config.prediction, model.config.residual
         self.register_buffer("alphas_cumprod", model.alphas_cumprod.clone(), persistent=False)
 
     def forward(self, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
-        return cascade_ddim_step(self.dit, x_t, base_up, t, t_next, self.alphas_cumprod, self.prediction)
+        return cascade_ddim_step(self.dit, x_t, base_up, t, t_next, self.alphas_cumprod, self.prediction, self.residual)
 
 
 # -----------------------------------------------------------------------------
@@ -562,6 +562,12 @@ class OnnxCascadeDecoder(CascadeDecodePipeline):
         step_path = directory / CASCADE_STEP_FILE
         self.step_session, metadata = open_session(step_path, CASCADE_STEP, providers, threads)
         config = CascadeConfig.from_json(metadata["msc.config"])
+        if config.conditioning != "latent":
+            raise OnnxModelError(
+                f"{step_path} is a cascade with conditioning={config.conditioning!r}, whose condition re-encodes "
+                f"the upsampled base video with the VAE encoder, which is not exported: decode it with "
+                f"CascadeDecoder (PyTorch), or export a cascade trained with conditioning='latent'"
+            )
         self.vae_decoder = OnnxVAEDecoder(directory / VAE_DECODER_FILE, providers, threads)
         spec = LatentSpec.from_json(metadata["msc.latent_spec"])
         if spec != self.vae_decoder.latent_spec:
