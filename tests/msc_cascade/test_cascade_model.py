@@ -37,17 +37,22 @@ def test_base_and_target_share_the_vae_latent_space(make_cascade):
     assert target_latent_size("fps", 4, (2, 2, 2)) == (5, 2, 2)
 
 
+def redraw_training_inputs(model, clip, seed):
+    """`training_losses`' draws with the same generator seed (t first, then the noise):
+    (t, target latents, base latents, x_t)."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, model.config.num_timesteps, (clip.shape[0],), generator=gen)
+    target, base = model.encode_pair(clip)
+    noise = torch.randn(target.shape, generator=gen)
+    ab = per_frame(alpha_bar_at(t, model.alphas_cumprod), target, 2).float()
+    return t, target, base, ab.sqrt() * target + (1 - ab).sqrt() * noise
+
+
 def test_training_loss_is_the_x0_mse_at_the_sampled_timestep(make_cascade):
     model = make_cascade("sr").train()
     clip = video((2, 3, 5, 64, 64))
     losses = model.training_losses({"video": clip}, generator=torch.Generator().manual_seed(3))
-    # recompute with the same draws: t first, then the noise
-    gen = torch.Generator().manual_seed(3)
-    t = torch.randint(0, 1000, (2,), generator=gen)
-    target, base = model.encode_pair(clip)
-    noise = torch.randn(target.shape, generator=gen)
-    ab = per_frame(alpha_bar_at(t, model.alphas_cumprod), target, 2).float()
-    x_t = ab.sqrt() * target + (1 - ab).sqrt() * noise
+    t, target, base, x_t = redraw_training_inputs(model, clip, seed=3)
     from msc_cascade.dit import upsample_base_latent
 
     pred = model.dit(x_t, upsample_base_latent(base, tuple(target.shape[2:])), t)
@@ -192,12 +197,7 @@ def test_pixel_conditioned_loss_is_the_mse_of_the_corrected_condition(make_casca
     model = make_cascade("sr", conditioning="pixel").train()
     clip = video((2, 3, 5, 64, 64))
     losses = model.training_losses({"video": clip}, generator=torch.Generator().manual_seed(3))
-    gen = torch.Generator().manual_seed(3)
-    t = torch.randint(0, 1000, (2,), generator=gen)
-    target, base = model.encode_pair(clip)
-    noise = torch.randn(target.shape, generator=gen)
-    ab = per_frame(alpha_bar_at(t, model.alphas_cumprod), target, 2).float()
-    x_t = ab.sqrt() * target + (1 - ab).sqrt() * noise
+    t, target, base, x_t = redraw_training_inputs(model, clip, seed=3)
     condition = model.condition(base)
     assert torch.allclose(losses["loss"], F.mse_loss(condition + model.dit(x_t, condition, t), target), rtol=1e-5)
 
