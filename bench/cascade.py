@@ -57,6 +57,7 @@ from msc_data.sample_videos import sample_video_paths
 from msc_data.video_io import iter_video_frames
 from msc_data.video_tensor import frames_to_video
 from msc_tokenizers import ARVAE, ARVAEConfig, CausalVAE3D, CausalVAE3DConfig
+from sample_clips import RandomClips  # bench/sample_clips.py
 
 TRAIN_SOURCES = ("bigbuckbunny.mp4", "bikes.mp4")
 HELDOUT_SOURCE = "carphone_pristine.mp4"
@@ -76,25 +77,6 @@ def log(msg: str) -> None:
 def load_frames(name: str) -> np.ndarray:
     (path,) = [p for p in sample_video_paths() if p.name == name]
     return np.stack(list(iter_video_frames(path, fps=None, size=96)))  # (T, 96, 96, 3)
-
-
-class RandomClips:
-    def __init__(self, videos: list[np.ndarray], seed: int) -> None:
-        self.videos, self.rng = videos, np.random.default_rng(seed)
-        lengths = np.array([len(v) for v in videos], dtype=np.float64)
-        self.weights = lengths / lengths.sum()
-
-    def batch(self, batch_size: int, num_frames: int) -> torch.Tensor:
-        clips = []
-        for _ in range(batch_size):
-            v = self.videos[self.rng.choice(len(self.videos), p=self.weights)]
-            t0 = self.rng.integers(0, len(v) - num_frames + 1)
-            y0, x0 = self.rng.integers(0, v.shape[1] - SIZE + 1, size=2)
-            clip = v[t0:t0 + num_frames, y0:y0 + SIZE, x0:x0 + SIZE]
-            if self.rng.random() < 0.5:
-                clip = clip[:, :, ::-1]
-            clips.append(frames_to_video(np.ascontiguousarray(clip)))
-        return torch.stack(clips)
 
 
 def heldout_clips(frames: np.ndarray, num_frames: int, limit: int) -> torch.Tensor:

@@ -59,6 +59,7 @@ from msc_data.sample_videos import sample_video_paths
 from msc_data.video_io import iter_video_frames
 from msc_data.video_tensor import frames_to_video
 from msc_tokenizers import ARVAE, ARVAEConfig, CausalVAE3D, CausalVAE3DConfig
+from sample_clips import RandomClips  # bench/sample_clips.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SOURCES = ("bigbuckbunny.mp4", "bikes.mp4")
@@ -85,29 +86,6 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     h, w = frames.shape[1:3]
     top, left = (h - size) // 2, (w - size) // 2
     return frames[:, top:top + size, left:left + size]
-
-
-class RandomClips:
-    """Random `num_frames x 64 x 64` crops of the training videos, weighted by length."""
-
-    def __init__(self, videos: list[np.ndarray], seed: int) -> None:
-        self.videos = videos
-        self.rng = np.random.default_rng(seed)
-        lengths = np.array([len(v) for v in videos], dtype=np.float64)
-        self.weights = lengths / lengths.sum()
-
-    def batch(self, batch_size: int, num_frames: int) -> torch.Tensor:
-        clips = []
-        for _ in range(batch_size):
-            v = self.videos[self.rng.choice(len(self.videos), p=self.weights)]
-            t0 = self.rng.integers(0, len(v) - num_frames + 1)
-            y0 = self.rng.integers(0, v.shape[1] - SIZE + 1)
-            x0 = self.rng.integers(0, v.shape[2] - SIZE + 1)
-            clip = v[t0:t0 + num_frames, y0:y0 + SIZE, x0:x0 + SIZE]
-            if self.rng.random() < 0.5:
-                clip = clip[:, :, ::-1]
-            clips.append(frames_to_video(np.ascontiguousarray(clip)))
-        return torch.stack(clips)  # (B, 3, T, 64, 64)
 
 
 def heldout_clips(frames: np.ndarray, num_frames: int) -> torch.Tensor:
@@ -355,7 +333,8 @@ def main() -> None:
         motion = [(heldout[i, :, 1:] - heldout[i, :, :-1]).abs().mean().item() for i in range(len(heldout))]
         i = int(np.argmax(motion))
         save_side_by_side(args.figure, heldout[i], [r[i] for r in recons.values()], [0, 4, 8, 12, 16])
-        result["figure"] = str(args.figure.relative_to(ROOT))
+        figure = args.figure.resolve()
+        result["figure"] = str(figure.relative_to(ROOT) if figure.is_relative_to(ROOT) else figure)
         result["figure_columns"] = ["original", *recons]
 
     if not args.skip_memory:
