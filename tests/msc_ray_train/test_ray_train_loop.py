@@ -8,9 +8,7 @@ run directory), so a crash and a resume can be replayed exactly.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -20,36 +18,10 @@ from msc_ray_train.ema import ExponentialMovingAverage, ema_decay
 from msc_ray_train.job import EMAConfig, OptimConfig, job_from_dict
 from msc_ray_train.model_kinds import build_model
 from msc_ray_train.optimization import build_optimizer, build_scheduler, learning_rate_factor
-from msc_ray_train.train_checkpoint import TrainerState, latest_valid_checkpoint, load_checkpoint
+from msc_ray_train.train_checkpoint import TrainerState, latest_valid_checkpoint, read_trainer_state
 from msc_ray_train.train_loop import TrainingLossModule, read_metrics, run_training_loop, training_step
 
 CPU = torch.device("cpu")
-
-
-class Crash(RuntimeError):
-    pass
-
-
-class RaylikeReporter:
-    """Persists reported checkpoints as `<run>/checkpoint_<n>` (as Ray Train does) and can crash."""
-
-    def __init__(self, run_dir: Path, crash_at_step: int | None = None) -> None:
-        self.run_dir, self.crash_at_step = run_dir, crash_at_step
-        self.reports: list[dict[str, Any]] = []
-        self.checkpoints: list[Path] = []
-
-    def __call__(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        if metrics["step"] == self.crash_at_step:
-            raise Crash(f"worker lost at step {metrics['step']}")
-        self.reports.append(metrics)
-        if checkpoint_dir is not None:
-            target = self.run_dir / f"checkpoint_{len(self.checkpoints):06d}"
-            shutil.copytree(checkpoint_dir, target)
-            self.checkpoints.append(target)
-
-    @property
-    def latest(self) -> str | None:
-        return str(self.checkpoints[-1]) if self.checkpoints else None
 
 
 def built(job):
@@ -140,42 +112,28 @@ def test_gradient_clipping_bounds_the_update_norm(make_job_dict) -> None:
     assert result.applied and result.grad_norm > 1e-3  # the reported norm is the one before clipping
 
 
-def test_crash_and_resume_gives_exactly_the_uninterrupted_run(tmp_path: Path, make_job_dict) -> None:
+def test_crash_and_resume_gives_exactly_the_uninterrupted_run(make_job_dict, raylike_run) -> None:
     changes = dict(steps=6, checkpoint_every=2, log_every=1)
     straight_job = job_from_dict(make_job_dict("straight", **changes))
-    straight = RaylikeReporter(straight_job.run_dir)
+    straight = raylike_run.Reporter(straight_job.run_dir)
     assert run_training_loop(straight_job, 0, 1, CPU, None, straight) == "finished"
 
     job = job_from_dict(make_job_dict("crashed", **changes))
-    crashing = RaylikeReporter(job.run_dir, crash_at_step=5)
-    with pytest.raises(Crash):
-        run_training_loop(job, 0, 1, CPU, None, crashing)
-    resumed = RaylikeReporter(job.run_dir)
-    resumed.checkpoints = list(crashing.checkpoints)
-    assert run_training_loop(job, 0, 1, CPU, crashing.latest, resumed) == "finished"
+    resumed = raylike_run.crash_and_resume(job, crash_at_step=5)
 
     assert [r["start_step"] for r in resumed.reports] == [4, 4]
     assert [r["step"] for r in resumed.reports] == [5, 6]
     assert [r["loss"] for r in resumed.reports] == [r["loss"] for r in straight.reports[4:]]
-    (model_a, ema_a, optimizer_a, scheduler_a), (model_b, ema_b, optimizer_b, scheduler_b) = built(job), built(job)
-    state_a = load_checkpoint(straight.latest, model_a, ema_a.model, optimizer_a, scheduler_a)
-    state_b = load_checkpoint(resumed.latest, model_b, ema_b.model, optimizer_b, scheduler_b)
-    assert state_a == state_b and state_b.step == 6
-    assert scheduler_a.state_dict() == scheduler_b.state_dict()
-    assert_state_dicts_equal(model_a, model_b)
-    assert_state_dicts_equal(ema_a.model, ema_b.model)
-    adam_a, adam_b = optimizer_a.state_dict(), optimizer_b.state_dict()
-    assert adam_a["param_groups"] == adam_b["param_groups"]
-    for index, moments in adam_a["state"].items():
-        assert all(torch.equal(value, adam_b["state"][index][name]) for name, value in moments.items())
+    assert read_trainer_state(resumed.latest).step == 6
+    raylike_run.assert_same_training_state(job, straight.latest, resumed.latest)
     assert [r["step"] for r in read_metrics(job.run_dir)] == [1, 2, 3, 4, 5, 6]
 
 
-def test_run_stops_after_k_non_finite_steps_in_a_row(make_job_dict) -> None:
+def test_run_stops_after_k_non_finite_steps_in_a_row(make_job_dict, raylike_run) -> None:
     # lr = 1e30 blows the weights up after one Adam step: every later loss is inf/nan
     job = job_from_dict(make_job_dict(optim={"lr": 1e30, "warmup_steps": 0}, steps=50, max_nonfinite_steps=3,
                                       log_every=10, checkpoint_every=10))
-    reporter = RaylikeReporter(job.run_dir)
+    reporter = raylike_run.Reporter(job.run_dir)
     assert run_training_loop(job, 0, 1, CPU, None, reporter) == "diverged"
     last = reporter.reports[-1]
     assert last["status"] == "diverged" and last["step"] == 4 and last["nonfinite_skipped"] == 3
@@ -183,23 +141,23 @@ def test_run_stops_after_k_non_finite_steps_in_a_row(make_job_dict) -> None:
     assert reporter.checkpoints == [] and latest_valid_checkpoint(job.run_dir) is None
 
 
-def test_finished_run_reports_once_and_trains_no_further(make_job_dict) -> None:
+def test_finished_run_reports_once_and_trains_no_further(make_job_dict, raylike_run) -> None:
     job = job_from_dict(make_job_dict("done", steps=2))
-    first = RaylikeReporter(job.run_dir)
+    first = raylike_run.Reporter(job.run_dir)
     run_training_loop(job, 0, 1, CPU, None, first)
-    again = RaylikeReporter(job.run_dir)
+    again = raylike_run.Reporter(job.run_dir)
     assert run_training_loop(job, 0, 1, CPU, first.latest, again) == "finished"
     assert again.reports == [{"step": 2, "status": "finished", "start_step": 2, "world_size": 1}]
     assert again.checkpoints == []
 
 
-def test_training_samples_are_the_ema_models_seeded_samples(make_job_dict) -> None:
+def test_training_samples_are_the_ema_models_seeded_samples(make_job_dict, raylike_run) -> None:
     from msc_core.interfaces import GenerationRequest
     from msc_ray_train.sampling import load_trained_model
     from msc_ray_train.video_output import read_gif, video_to_rgb_frames
 
     job = job_from_dict(make_job_dict("sampled", steps=2, sample_every=2, sample_steps=3, seed=5))
-    run_training_loop(job, 0, 1, CPU, None, RaylikeReporter(job.run_dir))
+    run_training_loop(job, 0, 1, CPU, None, raylike_run.Reporter(job.run_dir))
     frames = read_gif(job.run_dir / "samples" / "step-00000002.gif")
     ema_model = load_trained_model(job.run_dir)  # the exported EMA weights at step 2
     video = ema_model.generate(GenerationRequest(num_frames=4, seed=5, num_steps=3))[0]
