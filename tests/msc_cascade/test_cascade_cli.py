@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from msc_cascade import cli
 from msc_cascade.cli import main
 from msc_cascade.video_file import read_video, write_video
 from msc_core.checkpoint import save_pretrained
@@ -58,3 +59,20 @@ def test_unreadable_input_and_wrong_mode_exit_2_with_one_line(checkpoints, tmp_p
     assert "is a 'sr' cascade; --mode fps" in capsys.readouterr().err
     assert main(["upscale", str(src), str(tmp_path / "o.mp4"), "--checkpoint", str(tmp_path)]) == 2
     assert "not a cascade checkpoint directory" in capsys.readouterr().err
+
+
+def test_temperature_zero_decodes_the_same_video_for_any_seed(checkpoints, tmp_path, capsys, monkeypatch):
+    # the frames handed to the MP4 writer (libx264 itself is not bit-reproducible across runs here)
+    written = []
+    monkeypatch.setattr(cli, "write_video", lambda path, frames, fps: written.append(frames.copy()))
+    src = write_video(tmp_path / "in.mp4", moving_square(5, (16, 16)), fps=6)
+    for seed in ("0", "1"):
+        args = ["upscale", str(src), str(tmp_path / "o.mp4"), "--checkpoint", str(checkpoints / "sr"), "--steps", "2",
+                "--temperature", "0", "--seed", seed]
+        assert main(args) == 0
+    assert len(written) == 2 and np.array_equal(written[0], written[1])
+    assert main(["upscale", str(src), str(tmp_path / "o.mp4"), "--checkpoint", str(checkpoints / "sr"), "--seed", "1"]) == 0
+    assert not np.array_equal(written[2], written[0])  # temperature 1 (the default) depends on the seed
+    assert main(["upscale", str(src), str(tmp_path / "o.mp4"), "--checkpoint", str(checkpoints / "sr"),
+                 "--temperature", "-1"]) == 2
+    assert "temperature" in capsys.readouterr().err

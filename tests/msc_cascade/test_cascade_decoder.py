@@ -100,7 +100,22 @@ def test_generate_upscales_the_request_prefix(make_cascade):
     assert torch.equal(out, expected) and out.shape == (1, 3, 1, 32, 32)
 
 
+def test_temperature_scales_the_initial_noise_and_zero_is_seed_independent(make_cascade):
+    model = make_cascade("sr")
+    base = torch.randn(1, 4, 2, 1, 1)
+    for temperature in (0.5, 0.0):
+        decoder = CascadeDecoder(model, CascadeDecodeSettings(temperature=temperature))
+        noise = initial_noise((1, 4, 2, 4, 4), torch.Generator().manual_seed(5), torch.device("cpu"), torch.float32)
+        expected = model.refine(base, noise=temperature * noise)
+        assert torch.equal(decoder.refine(base, seed=5), expected)
+    cold = CascadeDecoder(model, CascadeDecodeSettings(temperature=0.0))
+    assert torch.equal(cold.decode(base, seed=0), cold.decode(base, seed=1))  # deterministic decoding
+    assert not torch.equal(CascadeDecoder(model).decode(base, seed=0), CascadeDecoder(model).decode(base, seed=1))
+
+
 def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="temperature"):
+        CascadeDecodeSettings(temperature=-0.5)
     with pytest.raises(ValueError, match="window_overlap=4 must be smaller than window_frames=4"):
         CascadeDecodeSettings(window_frames=4, window_overlap=4)
     with pytest.raises(ValueError, match="tile_overlap=3 must be smaller than tile_size=2"):

@@ -3,7 +3,8 @@
 `decode(base_latents, seed)`:
 
 1. upsample the (scaled) base latent to the target size (`upsample_base_latent`);
-2. draw the clip's noise from `seed` (CPU generator: the same noise on every device);
+2. draw the clip's noise from `seed` (CPU generator: the same noise on every device),
+   scaled by `settings.temperature` (0: no noise, a deterministic decode);
 3. refine with DDIM in sliding temporal windows x spatial tiles, cross-faded in the
    overlaps (`latent_windows`); one window/tile covering the clip is the plain `refine`;
 4. decode the target latent with the VAE, in spatial tiles (`spatial_tiling.tiled_map`)
@@ -43,6 +44,13 @@ class CascadeDecodeSettings(Config):
     """How `decode` splits the work. Sizes are in TARGET latent units (frames / positions)."""
 
     steps: int | None = Field(None, ge=1, description="DDIM steps (None: the model's sample_steps)")
+    temperature: float = Field(
+        1.0,
+        ge=0,
+        description="scale of the initial noise: 1 samples the DiT's distribution (detail that need not be the "
+        "source's); 0 starts from the mean, so the result is deterministic (seed-independent) and closest to the "
+        "conditional mean",
+    )
     window_frames: int | None = Field(None, ge=1, description="latent frames per temporal window (None: whole clip)")
     window_overlap: int = Field(2, ge=0, description="latent frames two neighbouring windows share")
     tile_size: int | None = Field(None, ge=1, description="latent rows/cols per spatial tile (None: whole frame)")
@@ -128,6 +136,7 @@ class CascadeDecodePipeline:
         scale = self.config.latent_scale
         base_up = self.condition(base_latents)
         noise = initial_noise(tuple(base_up.shape), torch.Generator().manual_seed(seed), base_up.device, base_up.dtype)
+        noise = noise * self.settings.temperature
         grid = ddim_timestep_grid(self.config.num_timesteps, self.steps)
         total, done = self.work_units(base_latents), 0
 

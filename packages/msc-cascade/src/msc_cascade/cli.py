@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--vae-path", type=Path, help="override the VAE directory recorded in the checkpoint")
     up.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's sample_steps)")
     up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--temperature", type=float, default=1.0,
+                    help="initial noise scale: 1 samples detail, 0 decodes deterministically (closest to the mean)")
     up.add_argument("--window-frames", type=int, help="latent frames per temporal window (default: whole clip)")
     up.add_argument("--tile-size", type=int, help="latent rows/cols per spatial tile (default: whole frame)")
     up.add_argument("--vae-chunk-frames", type=int, default=2, help="latent frames per VAE decoding chunk")
@@ -69,7 +71,7 @@ def conform_frames(frames: np.ndarray, spec: LatentSpec) -> tuple[np.ndarray, li
 def upscale(args: argparse.Namespace) -> int:
     settings = CascadeDecodeSettings(
         steps=args.steps, window_frames=args.window_frames, tile_size=args.tile_size,
-        vae_chunk_frames=args.vae_chunk_frames,
+        vae_chunk_frames=args.vae_chunk_frames, temperature=args.temperature,
     )
     decoder = CascadeDecoder.from_pretrained(args.checkpoint, settings, vae_path=args.vae_path, device=args.device)
     config = decoder.config
