@@ -6,11 +6,13 @@
    50% of `--minutes` on 5-frame clips (or loaded with `--vae DIR`), then frozen.
 2. Two cascades (sr, fps) are trained for 25% of `--minutes` each (50% with `--vae`),
    including encoding a pool of `--pool` (sr) / `--pool / 4` (fps) clips once, on latents of random
-   64x64 crops of `bigbuckbunny.mp4` and `bikes.mp4` (msc-data's sample videos,
-   short side resized to 96 with area averaging; random horizontal flips).
+   64x64 crops of `bigbuckbunny.mp4` and `bikes.mp4` (msc-data's sample videos, short side
+   resized to each of `--train-scales` with area averaging; random horizontal flips and, unless
+   `--no-augment`, time reversal, RGB shuffles and contrast / brightness jitter).
 3. Held-out: consecutive clips of `carphone_pristine.mp4` (another source), center 64x64.
    - sr: ground truth `x` (5 frames, 64x64); base = VAE latent of `x` area-downsized 4x.
-     cascade = `CascadeDecoder.decode(base)` with `--steps` DDIM steps, and with 1 step
+     cascade = `CascadeDecoder.decode(base)` with `--steps` DDIM steps (`cascade`: temperature 1,
+     `cascade_t0`: temperature 0, the deterministic decode from zero noise), and with 1 step
      (`cascade_1step`: the x0 prediction from pure noise, the MSE-optimal estimate given
      the base, which favours PSNR); baseline = bicubic 4x upsampling of the
      VAE decode of the base latent (what one gets without the cascade).
@@ -63,6 +65,7 @@ TRAIN_SOURCES = ("bigbuckbunny.mp4", "bikes.mp4")
 HELDOUT_SOURCE = "carphone_pristine.mp4"
 SIZE = 64
 SR_FRAMES, FPS_FRAMES = 5, 17
+CASCADE_ROWS = ("cascade", "cascade_t0", "cascade_1step")
 DIT = dict(dim=64, depth=4, num_heads=4, window=4, chunk=2, timestep_frequency_dim=64)
 
 
@@ -74,9 +77,10 @@ def log(msg: str) -> None:
 # data
 
 
-def load_frames(name: str) -> np.ndarray:
+def load_frames(name: str, size: int = 96) -> np.ndarray:
+    """All frames of a bundled sample video, short side resized to `size` (area averaging)."""
     (path,) = [p for p in sample_video_paths() if p.name == name]
-    return np.stack(list(iter_video_frames(path, fps=None, size=96)))  # (T, 96, 96, 3)
+    return np.stack(list(iter_video_frames(path, fps=None, size=size)))  # (T, size, >= size, 3)
 
 
 def heldout_clips(frames: np.ndarray, num_frames: int, limit: int) -> torch.Tensor:
@@ -187,13 +191,15 @@ def temporal_baselines(decoded: torch.Tensor, factor: int) -> tuple[torch.Tensor
 @torch.no_grad()
 def evaluate(model: CascadeModel, clips: torch.Tensor) -> dict[str, dict[str, float]]:
     decoder = CascadeDecoder(model)
+    cold = CascadeDecoder(model, CascadeDecodeSettings(temperature=0.0))  # deterministic, near the mean
     one_step = CascadeDecoder(model, CascadeDecodeSettings(steps=1))  # x0 from noise: the MMSE estimate
     vae = model.vae
     preds: dict[str, list[torch.Tensor]] = {}
     for i in range(len(clips)):
         x = clips[i:i + 1]
         _, base = model.encode_pair(x)
-        out = {"cascade": decoder.decode(base, seed=i), "cascade_1step": one_step.decode(base, seed=i),
+        out = {"cascade": decoder.decode(base, seed=i), "cascade_t0": cold.decode(base),
+               "cascade_1step": one_step.decode(base, seed=i),
                "vae_recon": vae.decode(vae.encode(x))}
         decoded_base = vae.decode(base)
         if model.config.mode == "sr":
@@ -209,8 +215,9 @@ def evaluate(model: CascadeModel, clips: torch.Tensor) -> dict[str, dict[str, fl
 # ONNX timing
 
 
-def median_ms(fn, repeats: int = 7) -> float:
-    fn()
+def median_ms(fn, repeats: int = 30, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -266,10 +273,15 @@ def main() -> None:
                         help="training budget: VAE 50%%, each cascade 25%% (50%% each with --vae)")
     parser.add_argument("--vae", type=Path, help="a trained CausalVAE3D directory (e.g. runs/bench_tokenizers/vae3d from bench/tokenizers.py): skip VAE training")
     parser.add_argument("--steps", type=int, default=8, help="DDIM steps of the cascade")
-    parser.add_argument("--pool", type=int, default=256,
+    parser.add_argument("--pool", type=int, default=1024,
                         help="clips encoded once for the sr cascade (fps: a quarter); the DiT trains on these")
     parser.add_argument("--conditioning", choices=["latent", "pixel"], default="latent",
                         help="CascadeConfig.conditioning of both cascades")
+    parser.add_argument("--train-scales", default="96,144,192",
+                        help="short sides (pixels) the training videos are loaded at, comma-separated: "
+                        "the 64x64 crops see each source at several zooms")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="cascade training clips without time reversal and colour jitter (RandomClips.augment)")
     parser.add_argument("--eval-clips", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -277,7 +289,9 @@ def main() -> None:
     budget = args.minutes * 60
     started = time.perf_counter()
 
-    clips = RandomClips([load_frames(name) for name in TRAIN_SOURCES], args.seed)
+    scales = [int(size) for size in args.train_scales.split(",")]
+    clips = RandomClips([load_frames(name, size) for name in TRAIN_SOURCES for size in scales], args.seed,
+                        augment=not args.no_augment)
     held = load_frames(HELDOUT_SOURCE)
     heldout_sr = heldout_clips(held, SR_FRAMES, args.eval_clips)
     heldout_fps = heldout_clips(held, FPS_FRAMES, max(1, args.eval_clips // 2))
@@ -304,6 +318,8 @@ def main() -> None:
             "ddim_steps": args.steps,
             "conditioning": args.conditioning,
             "pool": args.pool,
+            "train_scales": scales,
+            "augment": not args.no_augment,
             "sr": {"train_steps": sr_steps, "heldout_clips": len(heldout_sr), **evaluate(sr, heldout_sr)},
             "fps": {"train_steps": fps_steps, "heldout_clips": len(heldout_fps), **evaluate(fps, heldout_fps)},
         }
@@ -317,11 +333,11 @@ def main() -> None:
         result.update(onnx_section(onnx_model, heldout_sr, tmp / "onnx"))
     sr_r, fps_r = result["sr"], result["fps"]
     result["sr_beats_bicubic"] = {
-        f"{key}_{m}": sr_r[key][m] > sr_r["bicubic"][m] for key in ("cascade", "cascade_1step") for m in ("psnr", "ssim")
+        f"{key}_{m}": sr_r[key][m] > sr_r["bicubic"][m] for key in CASCADE_ROWS for m in ("psnr", "ssim")
     }
     result["fps_beats_best_baseline"] = {
         f"{key}_{m}": fps_r[key][m] > max(fps_r["repeat"][m], fps_r["blend"][m])
-        for key in ("cascade", "cascade_1step") for m in ("psnr", "ssim")
+        for key in CASCADE_ROWS for m in ("psnr", "ssim")
     }
     result["load_average"] = round(os.getloadavg()[0], 2)
     result["total_seconds"] = round(time.perf_counter() - started, 1)
