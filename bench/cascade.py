@@ -47,7 +47,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from msc_cascade.cascade_decoder import CascadeDecoder, CascadeDecodeSettings
 from msc_cascade.cascade_model import CascadeConfig, CascadeModel, suggest_latent_scale
@@ -170,22 +169,11 @@ def scores(pred: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     return {"psnr": round(metrics.psnr(pred, truth).mean().item(), 3), "ssim": round(metrics.ssim(pred, truth).mean().item(), 4)}
 
 
-def bicubic_up(video: torch.Tensor, factor: int) -> torch.Tensor:
-    B, C, T, H, W = video.shape
-    frames = video.transpose(1, 2).reshape(B * T, C, H, W)
-    up = F.interpolate(frames, scale_factor=factor, mode="bicubic", align_corners=False)
-    return up.reshape(B, T, C, H * factor, W * factor).transpose(1, 2)
-
-
-def temporal_baselines(decoded: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame repetition (sample-and-hold) and linear blending of `t` frames -> `1 + factor (t - 1)`."""
+def repeat_frames(decoded: torch.Tensor, factor: int) -> torch.Tensor:
+    """Frame repetition (sample-and-hold) of `t` frames -> `1 + factor (t - 1)`."""
     t = decoded.shape[2]
-    n = 1 + factor * (t - 1)
-    position = torch.arange(n, dtype=torch.float64) / factor
-    lo = position.floor().long().clamp(max=t - 1)
-    hi = (lo + 1).clamp(max=t - 1)
-    w = (position - lo).to(decoded.dtype)[None, None, :, None, None]
-    return decoded[:, :, lo], (1 - w) * decoded[:, :, lo] + w * decoded[:, :, hi]
+    index = (torch.arange(1 + factor * (t - 1)) // factor).clamp(max=t - 1)
+    return decoded[:, :, index]
 
 
 @torch.no_grad()
@@ -202,10 +190,12 @@ def evaluate(model: CascadeModel, clips: torch.Tensor) -> dict[str, dict[str, fl
                "cascade_1step": one_step.decode(base, seed=i),
                "vae_recon": vae.decode(vae.encode(x))}
         decoded_base = vae.decode(base)
+        # bicubic (sr) / linear blending (fps): the same upsampling pixel conditioning uses
+        upsampled = model.upsample_base_video(decoded_base)
         if model.config.mode == "sr":
-            out["bicubic"] = bicubic_up(decoded_base, model.config.factor)
+            out["bicubic"] = upsampled
         else:
-            out["repeat"], out["blend"] = temporal_baselines(decoded_base, model.config.factor)
+            out["repeat"], out["blend"] = repeat_frames(decoded_base, model.config.factor), upsampled
         for key, value in out.items():
             preds.setdefault(key, []).append(value)
     return {key: scores(torch.cat(values), clips) for key, values in preds.items()}

@@ -2,7 +2,8 @@
 
 `decode(base_latents, seed)`:
 
-1. upsample the (scaled) base latent to the target size (`upsample_base_latent`);
+1. the DiT's condition at the target size (`condition`: the scaled base latent upsampled in
+   latent space, or, with pixel conditioning, decoded, upsampled in pixels and re-encoded);
 2. draw the clip's noise from `seed` (CPU generator: the same noise on every device),
    scaled by `settings.temperature` (0: no noise, a deterministic decode);
 3. refine with DDIM in sliding temporal windows x spatial tiles, cross-faded in the

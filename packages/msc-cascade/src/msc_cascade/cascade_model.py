@@ -179,7 +179,7 @@ class CascadeModel(nn.Module):
         return self.vae.latent_spec
 
     def _apply(self, fn: Any, recurse: bool = True) -> "CascadeModel":
-        # `.to()`, `.cuda()`, `.float()` ... move the unregistered VAE along with the DiT
+        # `.to(device / dtype)`, `.float()` ... move the unregistered VAE along with the DiT
         super()._apply(fn, recurse)
         self.vae._apply(fn, recurse)
         return self
