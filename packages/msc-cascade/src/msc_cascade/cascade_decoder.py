@@ -30,7 +30,7 @@ from msc_cascade.cascade_model import CascadeConfig, CascadeModel, cascade_targe
 from msc_cascade.cascade_sampling import ddim_refine, initial_noise
 from msc_cascade.dit import upsample_base_latent
 from msc_cascade.latent_windows import count_pieces, refine_in_pieces
-from msc_core.checkpoint import from_pretrained
+from msc_core.checkpoint import from_pretrained, read_config_kind, resolve_pretrained
 from msc_core.config import Config
 from msc_core.diffusion import ddim_timestep_grid
 from msc_core.interfaces import LatentSpec
@@ -238,15 +238,16 @@ class CascadeDecoder(CascadeDecodePipeline):
 def load_cascade(
     checkpoint: str | Path, vae_path: str | Path | None = None, device: str | torch.device | None = "cpu"
 ) -> CascadeModel:
-    """`CascadeModel` from a `save_pretrained` directory; `vae_path` replaces the recorded VAE path."""
-    checkpoint = Path(checkpoint)
-    config_path = checkpoint / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: {checkpoint} is not a cascade checkpoint directory")
+    """`CascadeModel` from a model folder (a `save_pretrained` directory, a cascade run folder or
+    a `checkpoint_*` folder); `vae_path` replaces the recorded VAE path."""
+    files = resolve_pretrained(checkpoint)
+    kind = read_config_kind(files.config)
+    if kind != "cascade":
+        raise ValueError(f"{files.config} holds a {kind!r} model, not a cascade")
     target = resolve_device(device)
     if vae_path is None:
-        return from_pretrained(CascadeModel, checkpoint, device=target)
-    config = CascadeConfig.load(config_path).replace(vae_path=str(vae_path))
+        return from_pretrained(CascadeModel, files, device=target)
+    config = CascadeConfig.load(files.config).replace(vae_path=str(vae_path))
 
     # from_pretrained builds `cls(config)` from config.json; this subclass builds it with the
     # overridden vae_path instead, so loading and its error messages stay in one place
@@ -254,6 +255,6 @@ def load_cascade(
         def __init__(self, _config: CascadeConfig) -> None:
             super().__init__(config)
 
-    model = from_pretrained(_WithVAE, checkpoint, device=target)
+    model = from_pretrained(_WithVAE, files, device=target)
     model.__class__ = CascadeModel
     return model

@@ -3,15 +3,26 @@
 Every write is atomic: data goes to a temporary file in the same directory, is fsynced,
 then renamed over the target, so an interrupted save never leaves a half-written file
 under the real name (the previous version stays loadable).
+
+Where a model is read (`from_pretrained`, every `msc` command's MODEL argument), three
+folders are accepted (`resolve_pretrained`):
+
+- an exported model: `config.json` + `model.safetensors` (`save_pretrained`);
+- a training run folder `<storage_path>/<name>/`: its exported `model/` (EMA weights);
+- a training checkpoint `checkpoint_*/`: verified against its `manifest.json` (size and
+  SHA-256 of every file, written last), then its EMA weights `ema.safetensors`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, TypeVar
+from typing import Any, Iterable, Iterator, Literal, Protocol, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +32,14 @@ from msc_core.config import Config
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+MANIFEST_NAME = "manifest.json"
+EXPORT_DIR = "model"  # a training run's exported model (EMA weights)
+CHECKPOINT_PREFIX = "checkpoint_"
+CHECKPOINT_WEIGHTS_NAME = "ema.safetensors"  # the weights a training checkpoint is sampled with
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint folder is incomplete or a file does not match its manifest."""
 
 
 class PretrainedModel(Protocol):
@@ -83,18 +102,132 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
     return directory
 
 
+# --------------------------------------------------------------------------- manifests
+
+
+def file_digest(path: str | Path) -> dict[str, Any]:
+    """`{"bytes": size, "sha256": hex}` of a file."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def write_manifest(directory: str | Path, names: Iterable[str], **fields: Any) -> Path:
+    """Write `directory/manifest.json` (size + SHA-256 of each named file, plus `fields`).
+    Call it after every other file is written: a folder whose manifest is missing is incomplete."""
+    directory = Path(directory)
+    files = {name: file_digest(directory / name) for name in names}
+    path = directory / MANIFEST_NAME
+    atomic_write_text(path, json.dumps({**fields, "files": files}, indent=2))
+    return path
+
+
+def verify_manifest(directory: str | Path, required: Iterable[str] = ()) -> dict[str, Any]:
+    """The manifest of `directory` after checking every file it lists (and every `required`
+    name is listed); `CorruptCheckpointError` naming the first problem otherwise."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise CorruptCheckpointError(f"{directory} is not a complete checkpoint: {MANIFEST_NAME} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        entries = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CorruptCheckpointError(f"{manifest_path} is unreadable ({type(err).__name__}: {err})") from None
+    for name in required:
+        if name not in entries:
+            raise CorruptCheckpointError(f"{manifest_path} does not list {name}")
+    for name, (size, sha256) in entries.items():
+        path = directory / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise CorruptCheckpointError(f"{manifest_path} lists a file outside its folder: {name!r}")
+        if not path.is_file():
+            raise CorruptCheckpointError(f"checkpoint file {path} is missing")
+        found = file_digest(path)
+        if found["bytes"] != size:
+            raise CorruptCheckpointError(f"checkpoint file {path} has {found['bytes']} bytes, the manifest says {size}")
+        if found["sha256"] != sha256:
+            raise CorruptCheckpointError(f"checkpoint file {path} does not match its SHA-256 in the manifest")
+    return manifest
+
+
+# --------------------------------------------------------------------------- where a model is
+
+
+@dataclass(frozen=True)
+class PretrainedFiles:
+    """The files a model is read from, and what kind of folder held them."""
+
+    config: Path
+    weights: Path
+    source: Literal["export", "run", "checkpoint"]
+
+
+def _is_export(directory: Path) -> bool:
+    return (directory / CONFIG_NAME).is_file() and (directory / WEIGHTS_NAME).is_file()
+
+
+def is_checkpoint_dir(directory: str | Path) -> bool:
+    """A training checkpoint folder: named `checkpoint_*`, or holding a manifest or EMA weights."""
+    directory = Path(directory)
+    return directory.name.startswith(CHECKPOINT_PREFIX) or (directory / MANIFEST_NAME).is_file() or (
+        directory / CHECKPOINT_WEIGHTS_NAME
+    ).is_file()
+
+
+def resolve_pretrained(path: str | Path) -> PretrainedFiles:
+    """The config and weights of a run folder, an exported `model/` folder or a training
+    `checkpoint_*` folder (verified against its manifest).
+
+    Raises FileNotFoundError (nothing there), CorruptCheckpointError (a checkpoint whose
+    files do not match its manifest) or ValueError (a folder of another kind).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    if not path.is_dir():
+        raise ValueError(
+            f"model {path} is a file; give a run folder, an exported model/ folder or a checkpoint_* folder"
+        )
+    if is_checkpoint_dir(path):
+        verify_manifest(path, required=(CONFIG_NAME, CHECKPOINT_WEIGHTS_NAME))
+        return PretrainedFiles(path / CONFIG_NAME, path / CHECKPOINT_WEIGHTS_NAME, "checkpoint")
+    if _is_export(path):
+        return PretrainedFiles(path / CONFIG_NAME, path / WEIGHTS_NAME, "export")
+    if _is_export(path / EXPORT_DIR):
+        return PretrainedFiles(path / EXPORT_DIR / CONFIG_NAME, path / EXPORT_DIR / WEIGHTS_NAME, "run")
+    raise ValueError(
+        f"{path} holds no model: expected a run folder (with {EXPORT_DIR}/), an exported model "
+        f"({CONFIG_NAME} + {WEIGHTS_NAME}) or a training checkpoint ({MANIFEST_NAME}, {CHECKPOINT_WEIGHTS_NAME})"
+    )
+
+
+def read_config_kind(path: str | Path) -> str:
+    """The `kind` of the model config at `path` (a config.json)."""
+    path = Path(path)
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a readable model config ({type(err).__name__}: {err})") from None
+    if not isinstance(kind, str):
+        raise ValueError(f"{path} has no model `kind`")
+    return kind
+
+
 def from_pretrained(
     cls: type[M],
-    directory: str | Path,
+    directory: str | Path | PretrainedFiles,
     device: str | torch.device = "cpu",
     strict: bool = True,
 ) -> M:
-    """Build `cls(config)` from `directory/config.json` and load its safetensors weights."""
-    directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {directory} is not a save_pretrained directory")
+    """Build `cls(config)` from a model folder (`resolve_pretrained`: an export, a run folder
+    or a training checkpoint, or what it returned) and load its safetensors weights; eval mode."""
+    files = directory if isinstance(directory, PretrainedFiles) else resolve_pretrained(directory)
+    config_path, weights_path = files.config, files.weights
     config_class = getattr(cls, "config_class", None)
     if config_class is None or not issubclass(config_class, Config):
         raise ValueError(f"{cls.__name__} has no `config_class` (an msc Config subclass)")

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from msc_core.checkpoint import CONFIG_NAME, from_pretrained
+from msc_core.checkpoint import CONFIG_NAME, from_pretrained, resolve_pretrained
 from msc_core.interfaces import Tokenizer
 from msc_data.manifest import read_json_with_kind
 
@@ -99,8 +99,9 @@ def class_path(cls: type) -> str:
 
 
 def read_tokenizer_kind(directory: str | Path) -> str | None:
-    """The `kind` field of `directory/config.json` (None when it has none)."""
-    path = Path(directory) / CONFIG_NAME
+    """The `kind` field of the tokenizer config in `directory` (a run folder, an exported
+    model/ folder or a checkpoint_* folder); None when it has none."""
+    path = resolve_pretrained(directory).config
     missing = f"{path} not found: {directory} is not a saved tokenizer (save_pretrained) directory"
     return read_json_with_kind(path, missing)[1]
 
@@ -110,7 +111,8 @@ def load_tokenizer(
     tokenizer_class: type | str | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.nn.Module:
-    """Build the tokenizer saved in `directory` (config.json + model.safetensors), in eval mode."""
+    """Build the tokenizer saved in `directory` (config.json + model.safetensors; or a run
+    folder or checkpoint_* folder, msc_core.checkpoint.resolve_pretrained), in eval mode."""
     kind = read_tokenizer_kind(directory)
     if tokenizer_class is None:
         if kind is None:

@@ -13,67 +13,27 @@ The model class comes from the `kind` in `config.json` (model_kinds.MODEL_KINDS)
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model
 from torch import nn
 from tqdm import tqdm
 
-from msc_core.checkpoint import CONFIG_NAME, from_pretrained
+from msc_core.checkpoint import from_pretrained, read_config_kind, resolve_pretrained
 from msc_core.interfaces import GenerationRequest, SchedulerParams
 from msc_data.video_io import iter_video_frames, shortest_frame_duration
 from msc_data.video_tensor import frames_to_video
 
 from msc_ray_train.model_kinds import model_kind
-from msc_ray_train.train_checkpoint import (
-    EMA_FILE,
-    EXPORT_DIR,
-    MANIFEST_FILE,
-    CorruptCheckpointError,
-    is_export_dir,
-    verify_checkpoint,
-)
-
-
-def _config_kind(directory: Path) -> str:
-    path = directory / CONFIG_NAME
-    try:
-        kind = json.loads(path.read_text()).get("kind")
-    except (OSError, json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"{path} is not a readable model config ({err})") from None
-    if not isinstance(kind, str):
-        raise ValueError(f"{path} has no model `kind`")
-    return kind
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The model (EMA weights, eval mode) of a run directory, export or training checkpoint."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if not path.is_dir():
-        raise ValueError(f"{path} is a file; give a run directory, an exported model/ or a checkpoint_* directory")
-    if not (path / MANIFEST_FILE).is_file() and is_export_dir(path / EXPORT_DIR):
-        path = path / EXPORT_DIR  # a run directory
-    if (path / MANIFEST_FILE).is_file():  # a training checkpoint
-        verify_checkpoint(path)
-        kind = model_kind(_config_kind(path))
-        model = kind.model_class(kind.config_class.load(path / CONFIG_NAME))
-        try:
-            load_model(model, str(path / EMA_FILE), strict=True, device=str(device))
-        except (SafetensorError, RuntimeError) as err:
-            raise CorruptCheckpointError(f"{path / EMA_FILE} does not fit the model: {err}") from None
-        return model.to(device).eval()
-    if is_export_dir(path):
-        return from_pretrained(model_kind(_config_kind(path)).model_class, path, device=device)
-    raise ValueError(
-        f"{path} is not a run directory (with model/), an exported model (config.json + model.safetensors) "
-        f"nor a training checkpoint (with {MANIFEST_FILE})"
-    )
+    """The model (EMA weights, eval mode) of a run directory, export or training checkpoint
+    (`msc_core.checkpoint.resolve_pretrained`); its class comes from the config's `kind`."""
+    files = resolve_pretrained(path)
+    kind = model_kind(read_config_kind(files.config))
+    return from_pretrained(kind.model_class, files, device=device)
 
 
 def read_prefix_video(path: str | Path, model: nn.Module, max_frames: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ model.safetensors of the EMA weights) is what `msc sample` and users load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,32 +29,30 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from msc_core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, save_pretrained
+from msc_core.checkpoint import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINT_WEIGHTS_NAME,
+    CONFIG_NAME,
+    EXPORT_DIR,
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    CorruptCheckpointError,
+    atomic_write_text,
+    save_pretrained,
+    verify_manifest,
+    write_manifest,
+)
 from msc_core.config import Config
 
-MODEL_FILE = "model.safetensors"
-EMA_FILE = "ema.safetensors"
+MODEL_FILE = WEIGHTS_NAME
+EMA_FILE = CHECKPOINT_WEIGHTS_NAME
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
 JOB_FILE = "job.json"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = MANIFEST_NAME
 CHECKPOINT_FILES = (MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_NAME, JOB_FILE)
-EXPORT_DIR = "model"
 EXPORT_STATE_FILE = "train_state.json"
 FORMAT_VERSION = 1
-
-
-class CorruptCheckpointError(ValueError):
-    """A checkpoint directory is incomplete or a file does not match its manifest."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 @dataclass
 class TrainerState:
@@ -106,35 +103,13 @@ def write_checkpoint(
     (directory / STATE_FILE).write_text(json.dumps(state.to_dict(), indent=2))
     (directory / CONFIG_NAME).write_text(model.config.to_json())
     (directory / JOB_FILE).write_text(job.to_json())
-    files = {name: {"bytes": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
-             for name in CHECKPOINT_FILES}
-    atomic_write_text(directory / MANIFEST_FILE, json.dumps({"step": state.step, "files": files}, indent=2))
+    write_manifest(directory, CHECKPOINT_FILES, step=state.step)
     return directory
 
 
 def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
     """The manifest of `directory` after checking every file against it; CorruptCheckpointError if not."""
-    directory = Path(directory)
-    manifest_path = directory / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise CorruptCheckpointError(f"{directory} is not a complete checkpoint: {MANIFEST_FILE} is missing")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CorruptCheckpointError(f"{manifest_path} is unreadable ({err})") from None
-    for name in CHECKPOINT_FILES:
-        path, entry = directory / name, files.get(name)
-        if entry is None:
-            raise CorruptCheckpointError(f"{manifest_path} does not list {name}")
-        if not path.is_file():
-            raise CorruptCheckpointError(f"checkpoint file {path} is missing")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise CorruptCheckpointError(f"checkpoint file {path} has {size} bytes, the manifest says {entry['bytes']}")
-        if _sha256(path) != entry["sha256"]:
-            raise CorruptCheckpointError(f"checkpoint file {path} does not match its SHA-256 in the manifest")
-    return manifest
+    return verify_manifest(directory, required=CHECKPOINT_FILES)
 
 
 def checkpoint_problem(directory: str | Path) -> str | None:
@@ -181,7 +156,7 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
 
 
 def latest_valid_checkpoint(run_dir: str | Path, exclude: tuple[str | Path, ...] = ()) -> Path | None:
@@ -205,7 +180,3 @@ def export_model(ema_model: nn.Module, run_dir: str | Path, step: int) -> Path:
     out = save_pretrained(ema_model, Path(run_dir) / EXPORT_DIR)
     atomic_write_text(out / EXPORT_STATE_FILE, json.dumps({"step": step, "weights": "ema"}, indent=2))
     return out
-
-
-def is_export_dir(directory: Path) -> bool:
-    return (directory / CONFIG_NAME).is_file() and (directory / WEIGHTS_NAME).is_file()
