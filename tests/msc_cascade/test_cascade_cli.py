@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from msc_cascade import cli
+from msc_cascade import video_file
 from msc_cascade.cli import main
 from msc_cascade.video_file import read_video, write_video
 from msc_core.checkpoint import save_pretrained
@@ -58,13 +58,13 @@ def test_unreadable_input_and_wrong_mode_exit_2_with_one_line(checkpoints, tmp_p
     assert main(["upscale", str(src), str(tmp_path / "o.mp4"), "--checkpoint", str(checkpoints / "sr"), "--mode", "fps"]) == 2
     assert "is a 'sr' cascade; --mode fps" in capsys.readouterr().err
     assert main(["upscale", str(src), str(tmp_path / "o.mp4"), "--checkpoint", str(tmp_path)]) == 2
-    assert "not a cascade checkpoint directory" in capsys.readouterr().err
+    assert "holds no model" in capsys.readouterr().err
 
 
 def test_temperature_zero_decodes_the_same_video_for_any_seed(checkpoints, tmp_path, capsys, monkeypatch):
     # the frames handed to the MP4 writer (libx264 itself is not bit-reproducible across runs here)
     written = []
-    monkeypatch.setattr(cli, "write_video", lambda path, frames, fps: written.append(frames.copy()))
+    monkeypatch.setattr(video_file, "write_video", lambda path, frames, fps: written.append(frames.copy()))
     src = write_video(tmp_path / "in.mp4", moving_square(5, (16, 16)), fps=6)
     for seed in ("0", "1"):
         args = ["upscale", str(src), str(tmp_path / "o.mp4"), "--checkpoint", str(checkpoints / "sr"), "--steps", "2",
@@ -76,3 +76,22 @@ def test_temperature_zero_decodes_the_same_video_for_any_seed(checkpoints, tmp_p
     assert main(["upscale", str(src), str(tmp_path / "o.mp4"), "--checkpoint", str(checkpoints / "sr"),
                  "--temperature", "-1"]) == 2
     assert "temperature" in capsys.readouterr().err
+
+
+def test_msc_cascade_upscale_through_the_console_script_with_relative_paths(checkpoints, tmp_path):
+    """`msc cascade upscale in.mp4 out.mp4 --model DIR` as a user types it, from a working
+    directory of its own, every path relative to it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_video(tmp_path / "in.mp4", moving_square(5, (16, 16)), fps=6)
+    model = os.path.relpath(checkpoints / "sr", tmp_path)
+    msc = Path(sys.executable).parent / "msc"
+    result = subprocess.run([str(msc), "cascade", "upscale", "in.mp4", "out.mp4", "--model", model, "--steps", "2",
+                             "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    frames, fps = read_video(tmp_path / "out.mp4")
+    assert frames.shape == (5, 64, 64, 3) and fps == 6
+    assert result.stderr == ""  # --no-progress: no bar

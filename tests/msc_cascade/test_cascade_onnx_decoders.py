@@ -107,3 +107,22 @@ def test_export_cli_check_and_errors(vae_onnx, tiny_vae_dir, tmp_path, capsys):
     assert "bad.onnx is not a valid ONNX model" in err and "Traceback" not in err
     assert export_main(["vae", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_msc_export_takes_a_run_folder_and_relative_paths(vae, tiny_vae_dir, tmp_path):
+    """`msc export vae --model RUN --out FILE` through the console script, from another
+    working directory, where RUN is a training run folder (its exported `model/` is read)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shutil.copytree(tiny_vae_dir, tmp_path / "runs" / "vae3d" / "model")
+    msc = Path(sys.executable).parent / "msc"
+    result = subprocess.run([str(msc), "export", "vae", "--model", "runs/vae3d", "--out", "vae.onnx"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    decoder = OnnxVAEDecoder(tmp_path / "vae.onnx", providers=["CPUExecutionProvider"])
+    latents = torch.randn(1, 4, 2, 2, 2, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert np.abs(decoder.decode(latents) - vae.decode(latents).numpy()).max() <= 1e-4

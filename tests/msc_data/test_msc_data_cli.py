@@ -56,3 +56,20 @@ def test_bad_settings_are_reported_by_field(tmp_path: Path, capsys) -> None:
     code = main(["build", "moving-mnist", str(tmp_path), "--frames", "1", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "frames" in err and "greater than or equal to 2" in err
+
+
+def test_msc_data_through_the_msc_console_script_with_relative_paths(tmp_path: Path) -> None:
+    """`msc data build` / `msc data info` as a user types them, from a working directory of
+    its own: the relative output folder lands there."""
+    msc = Path(sys.executable).parent / "msc"
+    build = subprocess.run(
+        [str(msc), "data", "build", "moving-mnist", "clips", "--num-clips", "3", "--frames", "4", "--size", "32",
+         "--digits", "1", "--workers", "1", "--no-progress"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    assert build.stdout.strip() == "3 clips in 1 shards -> clips"
+    assert load_manifest(tmp_path / "clips").num_clips == 3
+    info = subprocess.run([str(msc), "data", "info", "clips"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert info.returncode == 0 and info.stdout.startswith("clips: 3 x 4x32x32 (npy.gz)")

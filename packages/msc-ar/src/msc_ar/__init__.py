@@ -6,3 +6,7 @@
 - `msc_ar.nova`: NOVA (temporal frame-by-frame and spatial set-by-set autoregression
   with a per-token diffusion head).
 """
+
+from msc_core.lazy_exports import distribution_version
+
+__version__ = distribution_version("msc-ar")

@@ -51,6 +51,7 @@ from msc_cascade.cascade_decoder import CascadeDecodePipeline, CascadeDecoder, C
 from msc_cascade.cascade_model import CascadeConfig, CascadeModel
 from msc_cascade.cascade_sampling import cascade_ddim_step
 from msc_core.checkpoint import atomic_write_bytes
+from msc_core.cli import CommandFailed
 from msc_core.interfaces import LatentSpec
 from msc_tokenizers import ARVAE, CausalVAE3D
 
@@ -64,9 +65,9 @@ VAE_DECODER, ARVAE_DECODER, CASCADE_STEP = "vae3d_decoder", "arvae_decoder", "ca
 GRAPH_KINDS = (VAE_DECODER, ARVAE_DECODER, CASCADE_STEP)
 CASCADE_STEP_FILE, VAE_DECODER_FILE = "cascade_step.onnx", "vae_decoder.onnx"
 GRAPH_DESCRIPTIONS = {
-    VAE_DECODER: "the CausalVAE3D decoder chunk graph (msc-export vae / cascade)",
-    ARVAE_DECODER: "the ARVAE decoder graph (msc-export arvae)",
-    CASCADE_STEP: "the cascade denoising step graph (msc-export cascade)",
+    VAE_DECODER: "the CausalVAE3D decoder chunk graph (msc export vae / cascade)",
+    ARVAE_DECODER: "the ARVAE decoder graph (msc export arvae)",
+    CASCADE_STEP: "the cascade denoising step graph (msc export cascade)",
 }
 
 
@@ -74,7 +75,7 @@ class OnnxModelError(ValueError):
     """An ONNX file is missing, corrupt, foreign or holds another graph than expected."""
 
 
-class OnnxParityError(RuntimeError):
+class OnnxParityError(CommandFailed):
     """ONNX Runtime output differs from PyTorch by more than the tolerance."""
 
 
@@ -404,7 +405,7 @@ def read_graph_metadata(path: str | Path, expected: str) -> dict[str, str]:
     metadata = {p.key: p.value for p in proto.metadata_props}
     found = metadata.get(GRAPH_KEY)
     if found is None:
-        raise OnnxModelError(f"{path} has no '{GRAPH_KEY}' metadata, so it was not written by msc-export; expected {what}")
+        raise OnnxModelError(f"{path} has no '{GRAPH_KEY}' metadata, so it was not written by msc export; expected {what}")
     if found != expected:
         raise OnnxModelError(f"{path} holds a {found!r} graph, expected {expected!r}: {what}")
     return metadata
@@ -545,7 +546,7 @@ class OnnxCascadeDecoder(CascadeDecodePipeline):
     """`CascadeDecoder.decode` in ONNX Runtime: the exported step and VAE decoder in the same loop.
 
     `directory` holds `cascade_step.onnx` and `vae_decoder.onnx` (`export_cascade`,
-    `msc-export cascade`). `verify` (a `CascadeModel` or its checkpoint directory) runs a
+    `msc export cascade`). `verify` (a `CascadeModel` or its checkpoint directory) runs a
     parity probe against PyTorch at load and raises `OnnxParityError` beyond `tolerance`.
     """
 

@@ -1,17 +1,26 @@
-"""msc-core: MSC attention, the MSC transformer, diffusion maths and shared interfaces."""
+"""msc-core: MSC attention, the MSC transformer, diffusion maths and shared interfaces.
 
-from msc_core.checkpoint import from_pretrained, save_pretrained
-from msc_core.config import Config, ConfigError
-from msc_core.interfaces import GenerationRequest, Generator, LatentSpec, SchedulerParams, Tokenizer
+The names below are imported on first use, so `msc --help` and `msc --version` (the
+dispatcher in `msc_core.cli`) answer without importing torch.
+"""
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "GenerationRequest",
-    "Generator",
-    "LatentSpec",
-    "SchedulerParams",
-    "Tokenizer",
-    "from_pretrained",
-    "save_pretrained",
-]
+from __future__ import annotations
+
+from msc_core.lazy_exports import distribution_version, lazy_exports
+
+__version__ = distribution_version("msc-core")
+
+_LAZY = {
+    "Config": "msc_core.config",
+    "ConfigError": "msc_core.config",
+    "GenerationRequest": "msc_core.interfaces",
+    "Generator": "msc_core.interfaces",
+    "LatentSpec": "msc_core.interfaces",
+    "SchedulerParams": "msc_core.interfaces",
+    "Tokenizer": "msc_core.interfaces",
+    "from_pretrained": "msc_core.checkpoint",
+    "save_pretrained": "msc_core.checkpoint",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+
+__all__ = [*sorted(_LAZY), "__version__"]

@@ -21,17 +21,20 @@ class ConfigError(ValueError):
 
 
 def describe_validation_error(err: ValidationError, where: str) -> str:
-    """One readable line per problem: `field.path: message (got value)`."""
-    lines = [f"invalid {where}:"]
+    """`invalid WHERE: field.path: message (got value)`: one line for one problem, else a
+    heading and one indented line per problem."""
+    problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = f"unknown field {loc!r} (not a field of {where})"
         got = e.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {loc}: {msg}{shown}")
-    return "\n".join(lines)
+        shown = "" if isinstance(got, (dict, list)) or e["type"] == "value_error" else f" (got {got!r})"
+        problems.append(f"{loc}: {msg}{shown}")
+    if len(problems) == 1:
+        return f"invalid {where}: {problems[0]}"
+    return "\n".join([f"invalid {where}:", *(f"  {p}" for p in problems)])
 
 
 class Config(BaseModel):

@@ -11,6 +11,10 @@ Both satisfy `msc_core.interfaces.Tokenizer`, save/load with
 losses from `training_losses(batch)`.
 """
 
+from msc_core.lazy_exports import distribution_version
+
+__version__ = distribution_version("msc-tokenizers")
+
 from msc_tokenizers.arvae import ARVAE, ARVAEConfig
 from msc_tokenizers.autoencoder_losses import AutoencoderLoss, AutoencoderLossConfig
 from msc_tokenizers.causal_vae3d import CausalVAE3D, CausalVAE3DConfig
