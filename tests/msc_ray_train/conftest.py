@@ -138,3 +138,123 @@ def raylike_run() -> Any:
         Reporter=RaylikeReporter, Crash=Crash, crash_and_resume=crash_and_resume,
         assert_same_training_state=assert_same_training_state,
     )
+
+
+# --------------------------------------------------------------------------- a real `ray start` head
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` TCP ports free on 127.0.0.1 right now."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def processes_mentioning(text: str) -> set[int]:
+    """PIDs of the processes whose command line holds `text`, with all their descendants
+    (this process and its ancestors excluded)."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(entry.name)] = (parent, cmdline)
+    ancestors, pid = set(), os.getpid()
+    while pid in table and pid not in ancestors:
+        ancestors.add(pid)
+        pid = table[pid][0]
+    found = {pid for pid, (_, cmdline) in table.items() if text in cmdline} - ancestors
+    grew = True
+    while grew:
+        children = {pid for pid, (parent, _) in table.items() if parent in found} - found - ancestors
+        found |= children
+        grew = bool(children)
+    return found
+
+
+def stop_processes_under(temp_dir: Path, grace_s: float = 5.0) -> None:
+    """Stop the Ray cluster whose temp dir is `temp_dir`, by the PIDs of its own processes
+    (never `ray stop`, which ends every Ray on the machine)."""
+    import signal
+    import time
+
+    pids = processes_mentioning(str(temp_dir))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+            time.sleep(0.1)
+        pids = {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+        if not pids:
+            return
+
+
+class RayHead:
+    """A head node started with `ray start --head` in its own temporary RAY_TMPDIR, with
+    every port chosen free, from this environment (its `bin/` first on PATH, as `uv run`
+    or an activated virtual environment give it)."""
+
+    def __init__(self, temp_dir: Path, num_cpus: int = 2) -> None:
+        import subprocess
+        import sys
+
+        self.temp_dir = temp_dir
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "RAY_TMPDIR": str(temp_dir)}
+        (self.gcs_port, self.dashboard_port, client, node_manager, object_manager, agent_listen, agent_grpc,
+         metrics, runtime_env) = free_ports(9)
+        self.ray = str(Path(bin_dir) / "ray")
+        command = [
+            self.ray, "start", "--head", f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
+            f"--port={self.gcs_port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={client}",
+            f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
+            f"--dashboard-agent-listen-port={agent_listen}", f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+            f"--num-cpus={num_cpus}", "--disable-usage-stats",
+        ]
+        result = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=180)
+        if result.returncode != 0:
+            stop_processes_under(temp_dir)
+            raise RuntimeError(f"ray start --head failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def stop(self) -> None:
+        stop_processes_under(self.temp_dir)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Any:
+    import tempfile
+
+    # a short path: Ray's unix sockets live under it (107-byte limit)
+    temp_dir = Path(tempfile.mkdtemp(prefix="msc-ray-", dir="/tmp"))
+    head = RayHead(temp_dir)
+    try:
+        yield head
+    finally:
+        head.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -169,7 +169,7 @@ def test_msc_sample_continues_a_prefix_video(job, exported_run: Path, tmp_path: 
 def test_msc_sample_missing_checkpoint_exits_2(tmp_path: Path, capsys) -> None:
     code = main(["sample", str(tmp_path / "nowhere"), "--frames", "4", "--out", str(tmp_path / "x.mp4")])
     assert code == 2
-    assert capsys.readouterr().err.strip() == f"msc: error: checkpoint not found: {tmp_path / 'nowhere'}"
+    assert capsys.readouterr().err.strip() == f"msc: error: model not found: {tmp_path / 'nowhere'}"
 
 
 def test_msc_sample_damaged_weights_exit_2_naming_the_file(exported_run: Path, tmp_path: Path, capsys) -> None:

@@ -98,6 +98,17 @@ def side_by_side(videos: list[torch.Tensor]) -> np.ndarray:
     return np.stack([frame_grid(np.stack([f[t] for f in frames]), columns=columns) for t in range(len(frames[0]))])
 
 
+def shortened(job: TrainJob, steps: int) -> TrainJob:
+    """`job` trained for `steps` steps: warm-up at most a tenth of them, a log line at least
+    every tenth, a checkpoint at least at the end."""
+    return job.replace(
+        steps=steps,
+        optim=job.optim.replace(warmup_steps=min(job.optim.warmup_steps, steps // 10)),
+        log_every=min(job.log_every, max(1, steps // 10)),
+        checkpoint_every=min(job.checkpoint_every, steps),
+    )
+
+
 def run_demo(
     out: str | Path,
     job_path: str | Path | None = None,
@@ -105,12 +116,18 @@ def run_demo(
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
     ray_logs: bool = False,
+    steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train the demo job into `out/runs/`, sample, and write the files listed above."""
+    """Train the demo job into `out/runs/`, sample, and write the files listed above.
+
+    `steps`: train this many steps instead of the job's (warm-up, logging and checkpoint
+    cadence shrink with it); a re-run with more steps continues the same run."""
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     job = load_job(job_path or demo_job_path(), overrides={"run.storage_path": str(out / "runs"), **(overrides or {})})
+    if steps is not None:
+        job = shortened(job, steps)
     outcome = run_training(job, address=address, progress=progress, ray_logs=ray_logs)
     train_done = time.perf_counter()
 

@@ -78,6 +78,15 @@ class ShardSource(Config):
     hflip: bool = False
     loader_workers: int = Field(default=0, ge=0, description="DataLoader processes per training worker")
 
+    @field_validator("path")
+    @classmethod
+    def _absolute_local_paths(cls, v: str | list[str]) -> str | list[str]:
+        # local shard paths resolve where the job was loaded; URLs and `pipe:` commands stay
+        # as written (a `pipe:` command runs in each worker's own working directory)
+        if isinstance(v, str):
+            return absolute_path(v) if _is_local(v) else v
+        return [absolute_path(u) if _is_local(u) else u for u in v]
+
     @property
     def frame_size(self) -> int:
         return self.size
@@ -88,6 +97,25 @@ DataSource = Annotated[Union[MovingMNISTSource, ShardSource], Field(discriminato
 
 def _is_local(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:")
+
+
+# Set by Ray in the driver of a job sent with `ray job submit`: its working directory is
+# then a temporary copy of --working-dir on the head node, gone when the job ends.
+RAY_JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def in_submitted_ray_job() -> bool:
+    """True in the driver of a `ray job submit` job (and in the processes it starts)."""
+    return RAY_JOB_ENV_VAR in os.environ
+
+
+def absolute_path(path: str) -> str:
+    """`path` with `~` expanded, made absolute against this process's working directory.
+
+    Jobs are resolved here, on the driver, when they are loaded: Ray Train runs each
+    worker in a working directory of its own, so a relative path there would point
+    somewhere else (tested from another working directory)."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def missing_data_paths(data: MovingMNISTSource | ShardSource) -> list[str]:
@@ -155,16 +183,24 @@ class RunSection(Config):
 
     @field_validator("storage_path")
     @classmethod
-    def _local_path(cls, v: str) -> str:
+    def _absolute_path(cls, v: str) -> str:
         if "://" in v:
             raise ValueError(
                 f"storage_path must be a local or shared-filesystem directory (NFS on a cluster), got {v!r}"
             )
-        return v
+        expanded = os.path.expanduser(v)
+        if not os.path.isabs(expanded) and in_submitted_ray_job():
+            raise ValueError(
+                f"storage_path {v!r} is relative, but this job runs under `ray job submit`, whose working "
+                "directory is a temporary copy that is deleted with the job: a cluster run needs an absolute "
+                "path on storage every node shares (e.g. run.storage_path: /mnt/shared/msc-runs, or "
+                "msc train ... --storage-path /mnt/shared/msc-runs)"
+            )
+        return absolute_path(v)
 
     @property
     def storage_dir(self) -> Path:
-        return Path(os.path.abspath(Path(self.storage_path).expanduser()))
+        return Path(self.storage_path)  # made absolute when the job was loaded
 
     @property
     def run_dir(self) -> Path:

@@ -1,9 +1,11 @@
 """Driver side of a training run: a TrainJob -> a Ray Train `TorchTrainer` run.
 
-`run_training(job)` connects to Ray (`address`, or `RAY_ADDRESS` as inside
-`ray job submit`) or starts a local one on this machine's CPUs, checks that a re-run of an existing run name has
-the same model, and runs `train_loop.train_worker` on `scaling.workers` DDP workers
-(gloo on CPU, NCCL on GPU) with
+`run_training(job)` runs on a private local Ray started for the run (no address and no
+`RAY_ADDRESS`, even when another Ray cluster runs on this machine) or on the cluster at
+`address` (`auto`, `HOST:PORT`, `ray://HOST:PORT`; `RAY_ADDRESS` as inside
+`ray job submit`), checks that a re-run of an existing run name has the same model, and
+runs `train_loop.train_worker` on `scaling.workers` DDP workers (gloo on CPU, NCCL on
+GPU) with
 
 - `RunConfig(name=run.name, storage_path=run.storage_path)`: re-running the same name
   resumes from its latest checkpoint (Ray Train restores the run's checkpoint list);
@@ -21,6 +23,7 @@ import importlib.util
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from msc_core.cli import CommandFailed
 from msc_core.config import ConfigError
 
 from msc_ray_train.job import TrainJob
@@ -49,11 +53,11 @@ RAY_ENV_DEFAULTS = {
 LOCAL_RAY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(CommandFailed):
     """The Ray Train run failed (a worker died or raised) more often than max_failures allows."""
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(CommandFailed):
     """The run stopped because the loss was not finite for max_nonfinite_steps steps in a row."""
 
 
@@ -175,23 +179,87 @@ class _ProgressMonitor:
             self.bar.refresh()
 
 
+# how long `msc train --address` waits for a cluster to answer before refusing the address
+# (ray.init itself keeps retrying an address where nothing listens for minutes)
+ADDRESS_PROBE_TIMEOUT_S = 5.0
+RAY_CLIENT_DEFAULT_PORT = 10001
+
+
 def resolve_address(address: str | None) -> str | None:
-    """`address`, else `RAY_ADDRESS` (set inside `ray job submit`), else None: start a local Ray."""
-    return address or os.environ.get("RAY_ADDRESS") or None
+    """`address`, else `RAY_ADDRESS` (set inside `ray job submit`), else None: a private local Ray.
+    `"local"` also means a private local Ray."""
+    value = address or os.environ.get("RAY_ADDRESS") or None
+    return None if value == "local" else value
+
+
+def _host_port(address: str, default_port: int | None) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        host, port = address, ""
+    if not port and default_port is not None:
+        return host or address, default_port
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"Ray address {address!r} is not HOST:PORT; use auto, HOST:PORT (the head's GCS port, 6379 by "
+            "default), ray://HOST:PORT, or no address for a private local Ray"
+        )
+    return host, int(port)
+
+
+def check_address(address: str) -> None:
+    """Refuse, within seconds, an address where no Ray cluster answers (ValueError)."""
+    if address.startswith(("http://", "https://")):
+        raise ValueError(
+            f"Ray address {address!r} is a dashboard (job submission) address: use it with `ray job submit "
+            "--address`; `msc train --address` takes the head's GCS address (auto, HOST:6379 or ray://HOST:10001)"
+        )
+    if address == "auto":
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            found = canonicalize_bootstrap_address("auto")
+        except (ConnectionError, ValueError):
+            found = None
+        if found is None:
+            raise ValueError(
+                "Ray address 'auto': no Ray cluster is running on this machine (start one with `ray start --head`, "
+                "or give no address for a private local Ray)"
+            )
+        host, port = _host_port(found, None)
+    elif address.startswith("ray://"):
+        host, port = _host_port(address[len("ray://"):], RAY_CLIENT_DEFAULT_PORT)
+    else:
+        host, port = _host_port(address, None)
+    try:
+        with socket.create_connection((host, port), timeout=ADDRESS_PROBE_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"Ray address {address!r}: no Ray cluster answers at {host}:{port} ({err.strerror or err}); start the "
+            "head with `ray start --head`, check the address, or give no address for a private local Ray"
+        ) from None
 
 
 def _ensure_ray(address: str | None, job: TrainJob, ray_logs: bool) -> bool:
-    """Connect to `address` or start a local Ray; True when this call started it."""
+    """Connect to the cluster at `address` or start a private local Ray; True when this call started it."""
     import ray
 
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": ray_logs}
     if address is not None:
+        check_address(address)
         ray.init(address=address, **options)
         return False
     cpus_needed = job.scaling.workers * (job.scaling.resources_per_worker or {}).get("CPU", 1)
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(cpus_needed)), **options)
+    try:
+        # "local": a new Ray of our own, even when a `ray start` cluster runs on this machine
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(cpus_needed)), **options)
+    except OSError as err:  # e.g. a RAY_TMPDIR too long for Ray's unix sockets (107 bytes)
+        raise ValueError(
+            f"could not start a local Ray: {err}; Ray keeps its sockets under RAY_TMPDIR "
+            f"({os.environ.get('RAY_TMPDIR', 'unset: /tmp')}): point it at a short, writable folder"
+        ) from None
     return True
 
 

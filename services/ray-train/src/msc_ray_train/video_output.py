@@ -68,9 +68,11 @@ def write_video_file(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     raise ValueError(f"unsupported video file {path}: use a .mp4 or .gif name")
 
 
-def read_gif(path: str | Path) -> np.ndarray:
+def read_gif(path: str | Path, fps: float | None = None) -> np.ndarray:
     """All frames of a GIF as uint8 RGB `(T, H, W, 3)`; a frame shown k times longer than
-    the shortest one (repeated frames a writer merged) is returned k times."""
+    the shortest one (repeated frames a writer merged) is returned k times. With `fps`
+    (the rate it was written at, `write_gif`), k counts frame times of that rate, which
+    also recovers a video whose frames were all identical (merged into one)."""
     with Image.open(path) as image:
         frames, durations = [], []
         for index in range(getattr(image, "n_frames", 1)):
@@ -78,6 +80,8 @@ def read_gif(path: str | Path) -> np.ndarray:
             frames.append(np.asarray(image.convert("RGB")))
             durations.append(image.info.get("duration") or 0)
     shortest = min((d for d in durations if d > 0), default=0)
+    if fps is not None:
+        shortest = 10 * max(2, round(100 / fps))  # write_gif's frame time in milliseconds
     repeats = [max(1, round(d / shortest)) if shortest else 1 for d in durations]
     return np.stack([frame for frame, k in zip(frames, repeats) for _ in range(k)])
 
