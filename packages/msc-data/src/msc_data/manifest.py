@@ -1,6 +1,6 @@
 """`manifest.json` of a shard set: how it was built and what it holds (DESIGN.md, "Data").
 
-A clip shard set (`msc-data build`) and a latent shard set (`msc-data encode`) each keep
+A clip shard set (`msc data build`) and a latent shard set (`msc data encode`) each keep
 a manifest next to their shards: the build settings, every shard with its sample count,
 size and SHA-256, the sources and the files skipped with a reason. It is rewritten
 atomically after every finished shard with `complete=False`, which is what lets a build
@@ -31,7 +31,7 @@ LATENT_SHARD_PATTERN = "latents-%06d.tar"
 
 
 class ClipBuildConfig(Config):
-    """Settings of `msc-data build` (`build_shards`)."""
+    """Settings of `msc data build` (`build_shards`)."""
 
     frames: int = Field(default=17, ge=2, description="frames per clip")
     stride: int = Field(default=8, ge=1, description="frames between the starts of consecutive clips")

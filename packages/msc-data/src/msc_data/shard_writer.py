@@ -1,4 +1,4 @@
-"""`msc-data build`: video files (or a bundled source) -> webdataset clip shards.
+"""`msc data build`: video files (or a bundled source) -> webdataset clip shards.
 
 Pipeline per source video (DESIGN.md, "Data"; motion score as NOVA Sec. 3.2):
 decode with PyAV -> resample to `fps` -> resize the short side to `size` and center-crop
