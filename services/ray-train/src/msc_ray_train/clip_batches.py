@@ -137,7 +137,7 @@ class ShardBatches:
                 raise ValueError(
                     f"data.source='shards' (data.path={self.source.path!r}) holds clips without a caption "
                     f"(e.g. {uncaptioned[0]!r}), but the model is text-conditional; build the shards with a "
-                    "caption sidecar per video (<video>.txt or .json, msc-data build), or train without text "
+                    "caption sidecar per video (<video>.txt or .json, msc data build), or train without text "
                     "(model.text_drop_prob: 1.0)"
                 )
         if self.first_caption is None:
