@@ -221,3 +221,29 @@ def test_bad_requests_raise_value_errors_naming_the_problem(model: ARDiffusion) 
         text_model.generate(request(3, 1, prompt="a red square"))
     out = text_model.generate(request(3, 1, prompt="a red square"), text_embedding=torch.randn(1, 6))
     assert torch.isfinite(out).all() and not math.isnan(out.sum().item())
+
+
+# -----------------------------------------------------------------------------
+# frame by frame (streaming)
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cached", "recomputed"])
+def test_generate_frames_yields_the_frames_of_generate_in_order_each_when_final(
+    model: ARDiffusion, use_cache: bool
+) -> None:
+    # 9 frames through the 4-frame window, continuing a 2-frame prefix
+    prefix = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(7))
+    req = request(9, 2, window=4, prefix=prefix)
+    whole = model.generate(req, use_cache=use_cache)
+    moving: list[tuple[int, int]] = []  # (first, last) frame denoised by each iteration
+    frames = []
+    for frame in model.generate_frames(req, use_cache=use_cache,
+                                       on_iteration=lambda n, first, last: moving.append((first, last))):
+        frames.append((len(moving), frame))
+    assert len(frames) == 9 and all(torch.equal(f, whole[:, :, i]) for i, (_, f) in enumerate(frames))
+    assert [n for n, _ in frames[:2]] == [0, 0]  # the prefix comes first, before any iteration
+    for index, (iterations_run, _) in enumerate(frames[2:], start=2):
+        # yielded right after the iteration that finished it: no later iteration touched it ...
+        assert all(first > index for first, _ in moving[iterations_run:])
+        # ... and it was yielded before frames after it were done (they were still in flight)
+        assert any(last > index for _, last in moving[iterations_run:]) or index == 8

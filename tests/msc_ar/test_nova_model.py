@@ -258,3 +258,13 @@ def test_hf_text_encoder_without_transformers_names_the_extra(tmp_path):
     with pytest.raises(ImportError, match=r"transformers.*hf.*") as err:
         HFTextEncoder(tmp_path)
     assert str(tmp_path) in str(err.value)
+
+
+def test_generate_frames_yields_the_frames_of_generate(model):
+    prefix = video(batch=1, num_frames=1)
+    req = request(num_frames=3, prefix=prefix, guidance_scale=2.0)
+    whole = model.generate(req)
+    frames = list(model.generate_frames(req))
+    assert len(frames) == 3 and all(f.shape == (1, 3, 8, 8) for f in frames)
+    assert torch.equal(torch.stack(frames, dim=2), whole)
+    assert torch.equal(frames[0], prefix[:, :, 0])  # image-to-video: the given frame first

@@ -7,7 +7,6 @@ from msc_cascade.cascade_decoder import CascadeDecoder, CascadeDecodeSettings
 from msc_cascade.cascade_sampling import ddim_refine, initial_noise
 from msc_cascade.dit import upsample_base_latent
 from msc_cascade.latent_windows import piece_spans
-from msc_core.interfaces import GenerationRequest
 
 
 def clip(shape, seed=0):
@@ -92,12 +91,12 @@ def test_decode_is_deterministic_by_seed_and_reports_progress(make_cascade):
     assert total == 2 * 2 + 1 and seen[-1] == (total, total) and [d for d, _ in seen] == list(range(1, total + 1))
 
 
-def test_generate_upscales_the_request_prefix(make_cascade):
+def test_upscale_decodes_the_refinement_of_the_videos_base_latents(make_cascade):
     model = make_cascade("sr")
     video = clip((1, 3, 1, 8, 8))
-    out = model.generate(GenerationRequest(num_frames=1, prefix=video, num_steps=2, seed=3))
-    expected = CascadeDecoder(model, CascadeDecodeSettings(steps=2)).upscale(video, seed=3)
-    assert torch.equal(out, expected) and out.shape == (1, 3, 1, 32, 32)
+    decoder = CascadeDecoder(model, CascadeDecodeSettings(steps=2))
+    out = decoder.upscale(video, seed=3)
+    assert torch.equal(out, decoder.decode(model.vae.encode(video), seed=3)) and out.shape == (1, 3, 1, 32, 32)
 
 
 def test_temperature_scales_the_initial_noise_and_zero_is_seed_independent(make_cascade):

@@ -148,10 +148,6 @@ def test_bad_configs_and_inputs_are_named(make_cascade, tiny_vae_dir, tmp_path):
         model.training_losses({"clip": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"base latents must be \[B, 4"):
         model.refine(torch.zeros(1, 3, 2, 2, 2))
-    with pytest.raises(ValueError, match="request.prefix"):
-        from msc_core.interfaces import GenerationRequest
-
-        model.generate(GenerationRequest(num_frames=5))
 
 
 # --- pixel conditioning: the baseline's own latent, refined by a residual ------------------

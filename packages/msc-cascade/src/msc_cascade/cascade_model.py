@@ -43,7 +43,7 @@ from msc_cascade.dit import CascadeDiT, CascadeDiTConfig, upsample_base_latent
 from msc_core.checkpoint import from_pretrained
 from msc_core.config import Config
 from msc_core.diffusion import BETA_SCHEDULES, ddim_timestep_grid, make_alphas_cumprod, q_sample
-from msc_core.interfaces import GenerationRequest, LatentSpec
+from msc_core.interfaces import LatentSpec
 from msc_tokenizers import CausalVAE3D
 
 # -----------------------------------------------------------------------------
@@ -336,24 +336,6 @@ class CascadeModel(nn.Module):
         goal = x0 if self.config.prediction == "x0" else noise
         loss = F.mse_loss(pred, goal)
         return {"loss": loss, f"{self.config.prediction}_mse": loss.detach()}
-
-    # --- generation (trainer samples) ---------------------------------------------------
-
-    @torch.no_grad()
-    def generate(self, request: GenerationRequest) -> torch.Tensor:
-        """Refine the video in `request.prefix` `[B, 3, N, H, W]` (the low-resolution or
-        low-frame-rate input) to the 4x larger / smoother video, with `request.num_steps`
-        DDIM steps and `request.seed`."""
-        from msc_cascade.cascade_decoder import CascadeDecoder, CascadeDecodeSettings  # imports this module
-
-        if request.prefix is None:
-            raise ValueError(
-                "the cascade refines an existing video: pass it as request.prefix [B, 3, N, H, W] in [-1, 1] "
-                f"({self.config.mode} mode)"
-            )
-        steps = min(request.num_steps, self.config.num_timesteps)
-        decoder = CascadeDecoder(self, CascadeDecodeSettings(steps=steps))
-        return decoder.upscale(request.prefix, seed=request.seed if request.seed is not None else 0)
 
 
 def suggest_latent_scale(latents: torch.Tensor) -> float:

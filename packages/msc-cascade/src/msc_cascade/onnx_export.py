@@ -491,6 +491,19 @@ class OnnxVAEDecoder:
         outputs = self.session.run(None, dict(zip(self.input_names, [latents.astype(np.float32), *cache])))
         return outputs[0], outputs[1:]
 
+    def decode_chunk(
+        self, latents: np.ndarray, cache: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The next latent frames of a clip -> their video frames and the next cache; `cache=None`
+        starts a clip (and drops the `tc - 1` repeated copies of frame 0), as
+        `CausalVAE3D.decode_chunk`."""
+        self._check(latents)
+        start = cache is None
+        if start:
+            cache = self.zero_cache(latents.shape[0], latents.shape[3], latents.shape[4])
+        video, cache = self.decode_step(np.ascontiguousarray(latents), cache)
+        return (video[:, :, self.latent_spec.temporal_compression - 1:] if start else video), cache
+
     def decode(self, latents: torch.Tensor | np.ndarray, chunk_latent_frames: int | None = None) -> np.ndarray:
         """Latents `[B, C, T, h, w]` -> video `[B, 3, 1 + tc (T - 1), h s, w s]` (whole when no chunk size)."""
         z = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)

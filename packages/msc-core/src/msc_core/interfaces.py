@@ -27,11 +27,19 @@ class LatentSpec(Config):
     `causal_first_frame=True` means the first frame is encoded alone and each further
     group of `temporal_compression` frames gives one latent frame (inputs of 1 + k*tc
     frames), as causal video VAEs do.
+
+    `token_grid=(h, w)` (token layout only) says that the L tokens of a frame stand for
+    image regions on an `h x w` grid, row-major (token l covers row `l // w`, column
+    `l % w`), so a generator may treat them as a small image (MSC attention's windows
+    and pooling assume that neighbouring tokens are close in the image). None: the
+    tokens have no spatial order (learned queries), and a generator must attend densely
+    within a frame.
     """
 
     layout: Literal["grid", "tokens"]
     channels: int = Field(gt=0, description="C for grid latents, D for token latents")
     tokens_per_frame: int | None = Field(default=None, gt=0, description="L, token layout only")
+    token_grid: tuple[int, int] | None = Field(default=None, description="(h, w) of the tokens' image regions")
     temporal_compression: int = Field(default=1, ge=1)
     spatial_compression: int = Field(default=1, ge=1)
     causal_first_frame: bool = False
@@ -40,9 +48,18 @@ class LatentSpec(Config):
     def _check_layout(self) -> "LatentSpec":
         if self.layout == "tokens" and self.tokens_per_frame is None:
             raise ValueError("tokens_per_frame is required when layout='tokens'")
-        if self.layout == "grid" and self.tokens_per_frame is not None:
-            raise ValueError("tokens_per_frame only applies to layout='tokens'")
+        if self.layout == "grid" and (self.tokens_per_frame is not None or self.token_grid is not None):
+            raise ValueError("tokens_per_frame and token_grid only apply to layout='tokens'")
+        if self.token_grid is not None:
+            h, w = self.token_grid
+            if h < 1 or w < 1 or h * w != self.tokens_per_frame:
+                raise ValueError(f"token_grid {self.token_grid} must multiply to tokens_per_frame={self.tokens_per_frame}")
         return self
+
+    @property
+    def channel_dim(self) -> int:
+        """Axis of the channels: 1 for `[B, C, T, H, W]`, -1 for `[B, T, L, D]`."""
+        return 1 if self.layout == "grid" else -1
 
     @property
     def frame_dim(self) -> int:

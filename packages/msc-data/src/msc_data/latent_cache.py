@@ -7,6 +7,11 @@ on `LatentClipDataset` without re-encoding. Each output shard is written to a te
 file and renamed when complete, and the manifest is rewritten after it, so an
 interrupted run resumes at the first shard without a verified output.
 
+When every shard is written, the per-channel shift and scale of the cached latents are
+measured over all of them (`msc_core.latents`) and stored in the manifest
+(`latent_normalization`): the latents stay as the tokenizer made them, and training
+normalises them with those statistics.
+
 A latent sample: `<key>.latents.npy` (float16/float32, one clip's latents without the
 batch axis) and `<key>.json` (`LatentMeta`: caption, fps, motion, source, start frame,
 shape, dtype, CRC32 of the array member).
@@ -29,6 +34,7 @@ from tqdm import tqdm
 from webdataset import TarWriter
 
 from msc_core.interfaces import Tokenizer
+from msc_core.latents import LatentNormalization, LatentStatistics
 from msc_core.runtime import resolve_device
 from msc_data.clip_format import (
     ClipMeta,
@@ -224,10 +230,25 @@ def encode_shards(
             _save_latent_manifest(out, fresh, shards, complete=False)
         bar.update(1)
     bar.close()
-    return _save_latent_manifest(out, fresh, shards, complete=True)
+    normalization = measure_cached_latents(out, shards, tokenizer.latent_spec.layout)  # type: ignore[union-attr]
+    return _save_latent_manifest(out, fresh, shards, complete=True, normalization=normalization)
 
 
-def _save_latent_manifest(out: Path, fresh: LatentManifest, shards: list[ShardInfo], complete: bool) -> LatentManifest:
+def measure_cached_latents(out: Path, shards: list[ShardInfo], layout: str) -> LatentNormalization | None:
+    """Per-channel shift and scale over every latent written to `out` (what training reads,
+    in the stored dtype), re-read from the shards so a resumed encode counts all of them."""
+    statistics = LatentStatistics(layout)  # type: ignore[arg-type]
+    for shard in shards:
+        for sample in iter_shard_samples(ShardRef(url=str(out / shard.name)), SkipCounter()):
+            latents, _ = read_latent_sample(sample)
+            statistics.update(torch.from_numpy(latents.astype(np.float32))[None])
+    return statistics.normalization() if statistics.count else None
+
+
+def _save_latent_manifest(
+    out: Path, fresh: LatentManifest, shards: list[ShardInfo], complete: bool,
+    normalization: LatentNormalization | None = None,
+) -> LatentManifest:
     skipped: dict[str, int] = {}
     for shard in shards:
         for reason, n in shard.skipped.items():
@@ -235,6 +256,7 @@ def _save_latent_manifest(out: Path, fresh: LatentManifest, shards: list[ShardIn
     manifest = LatentManifest.from_dict(fresh.model_dump() | dict(
         shards=[s.model_dump() for s in shards], num_samples=sum(s.num_samples for s in shards),
         skipped=skipped, complete=complete,
+        latent_normalization=normalization.model_dump() if normalization is not None else None,
     ))
     save_manifest(manifest, out)
     return manifest

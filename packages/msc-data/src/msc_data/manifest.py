@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from msc_core.checkpoint import atomic_write_text
 from msc_core.config import Config, ConfigError
 from msc_core.interfaces import LatentSpec
+from msc_core.latents import LatentNormalization
 from msc_data.clip_format import ClipFormat
 from msc_data.motion import MotionMethod
 from msc_data.moving_mnist import MovingMNISTConfig
@@ -120,6 +121,9 @@ class LatentManifest(Config):
     tokenizer_config: dict[str, Any]
     latent_spec: LatentSpec
     dtype: str
+    latent_normalization: LatentNormalization | None = Field(
+        default=None, description="per-channel shift/scale measured over every cached latent (set when complete)"
+    )
     num_samples: int = 0
     shards: list[ShardInfo] = []
     skipped: dict[str, int] = Field(default={}, description="input samples skipped, by reason")

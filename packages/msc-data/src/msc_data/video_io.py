@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import av
 import av.error
@@ -172,25 +172,60 @@ def _as_rgb_frames(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+class VideoWriter:
+    """An H.264 (libx264, yuv420p) MP4 written frame by frame: `write(frame)` encodes and muxes
+    each uint8 `(H, W, 3)` frame as it comes (zerolatency: no lookahead), so a file grows
+    while a generator is still producing; `close()` flushes. Also a context manager."""
+
+    def __init__(self, target: str | Path | io.BytesIO, fps: float, crf: int = 18) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.fps, self.crf = fps, crf
+        self.container = av.open(str(target) if isinstance(target, Path) else target, mode="w", format="mp4")
+        self.stream: Any = None
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        rgb = _as_rgb_frames(rgb[None])[0]
+        height, width, _ = rgb.shape
+        if self.stream is None:
+            if height % 2 or width % 2:
+                raise ValueError(f"H.264 yuv420p needs even frame sizes, got {height}x{width}")
+            self.stream = self.container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+            # zerolatency: no B-frame lookahead, so frames are written as they come and decode in order
+            self.stream.options = {"crf": str(self.crf), "preset": "medium", "tune": "zerolatency"}
+        elif (height, width) != (self.stream.height, self.stream.width):
+            raise ValueError(f"frame {self.frames} is {height}x{width}, earlier frames {self.stream.height}x{self.stream.width}")
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.stream is None:
+            self.container.close()
+            raise ValueError("cannot encode a video with zero frames")
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None:  # an error while writing: release the file, keep the error
+            self.container.close()
+            return
+        self.close()
+
+
 def encode_video(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     """H.264 (libx264, yuv420p) MP4 bytes of uint8 frames `(T, H, W, 3)`; H and W must be even."""
     frames = _as_rgb_frames(frames)
-    _, height, width, _ = frames.shape
-    if height % 2 or width % 2:
-        raise ValueError(f"H.264 yuv420p needs even frame sizes, got {height}x{width}")
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}")
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # zerolatency: no B-frame lookahead, so short clips decode exactly in order.
-        stream.options = {"crf": str(crf), "preset": "medium", "tune": "zerolatency"}
+    with VideoWriter(buffer, fps, crf) as writer:
         for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            writer.write(rgb)
     return buffer.getvalue()
 
 

@@ -94,6 +94,29 @@ class ARVAEConfig(Config):
     def grid(self) -> tuple[int, int]:
         return self.frame_size[0] // self.patch_size, self.frame_size[1] // self.patch_size
 
+    @property
+    def token_grid(self) -> tuple[int, int] | None:
+        """(h, w) of the image regions of the L tokens, row-major (the linear shortcut reads
+        and writes token l at region l); None without the shortcut (learned queries: the
+        tokens have no spatial order)."""
+        if not self.linear_shortcut:
+            return None
+        rh, rw = self.token_region
+        return self.frame_size[0] // rh, self.frame_size[1] // rw
+
+    @property
+    def latent_spec(self) -> LatentSpec:
+        """What this AR-VAE makes: token latents `[B, T, L, D]`, one frame per frame."""
+        return LatentSpec(
+            layout="tokens",
+            channels=self.latent_dim,
+            tokens_per_frame=self.num_latent_tokens,
+            token_grid=self.token_grid,
+            temporal_compression=1,
+            spatial_compression=self.patch_size,  # frames must tile into patches
+            causal_first_frame=False,
+        )
+
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "ARVAEConfig":
         """Named sizes: `tiny` (tests, 16x16 frames) and `small` (the CPU quality run)."""
@@ -303,15 +326,7 @@ class ARVAE(nn.Module):
 
     @property
     def latent_spec(self) -> LatentSpec:
-        c = self.config
-        return LatentSpec(
-            layout="tokens",
-            channels=c.latent_dim,
-            tokens_per_frame=c.num_latent_tokens,
-            temporal_compression=1,
-            spatial_compression=c.patch_size,  # frames must tile into patches
-            causal_first_frame=False,
-        )
+        return self.config.latent_spec
 
     # --- checks and patches ---------------------------------------------------------
 

@@ -96,6 +96,17 @@ class CausalVAE3DConfig(Config):
             raise ValueError(f"unknown CausalVAE3D preset {name!r}; valid: {sorted(presets)}")
         return cls.from_dict({**presets[name], **overrides})
 
+    @property
+    def latent_spec(self) -> LatentSpec:
+        """What this VAE makes: grid latents `[B, latent_channels, 1 + (T - 1) / tc, H / s, W / s]`."""
+        return LatentSpec(
+            layout="grid",
+            channels=self.latent_channels,
+            temporal_compression=self.temporal_compression,
+            spatial_compression=self.spatial_compression,
+            causal_first_frame=True,
+        )
+
 
 # -----------------------------------------------------------------------------
 # space-time folding (pure tensor maths)
@@ -347,14 +358,7 @@ class CausalVAE3D(nn.Module):
 
     @property
     def latent_spec(self) -> LatentSpec:
-        c = self.config
-        return LatentSpec(
-            layout="grid",
-            channels=c.latent_channels,
-            temporal_compression=c.temporal_compression,
-            spatial_compression=c.spatial_compression,
-            causal_first_frame=True,
-        )
+        return self.config.latent_spec
 
     # --- input checks and folding ---------------------------------------------------
 

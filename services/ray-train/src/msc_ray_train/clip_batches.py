@@ -25,9 +25,9 @@ from typing import Any, Iterator, Protocol
 import torch
 import torch.nn.functional as F
 
-from msc_data import MovingMNIST, VideoClipDataset
+from msc_data import LatentClipDataset, MovingMNIST, VideoClipDataset
 
-from msc_ray_train.job import MovingMNISTSource, ShardSource
+from msc_ray_train.job import LatentCacheSource, MovingMNISTSource, ShardSource
 
 
 class ClipBatches(Protocol):
@@ -105,20 +105,27 @@ def _clip_conditions(clips: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class ShardBatches:
-    """Resampled shard stream of one rank; `step` only numbers the batches."""
+    """Resampled shard stream of one rank; `step` only numbers the batches. Clip shards
+    give `"video"`, a latent cache (msc data encode) `"latents"` as stored."""
 
     def __init__(
-        self, source: ShardSource, seed: int, rank: int, world_size: int, batch_size: int, start_step: int,
-        with_captions: bool = False, needs_captions: bool = False,
+        self, source: ShardSource | LatentCacheSource, seed: int, rank: int, world_size: int, batch_size: int,
+        start_step: int, with_captions: bool = False, needs_captions: bool = False,
     ) -> None:
         self.start_step, self.read = start_step, 0
         self.source, self.with_captions, self.needs_captions = source, with_captions, needs_captions
         self.first_caption: str | None = None
-        self.dataset = VideoClipDataset(
-            source.path, frames=source.frames, size=source.size, crop_scale=source.crop_scale,
-            hflip=source.hflip, channels=source.channels, resampled=True, shuffle_buffer=source.shuffle_buffer,
-            batch_size=batch_size, drop_last=True, seed=seed, rank=rank, world_size=world_size,
-        )
+        stream = dict(resampled=True, shuffle_buffer=source.shuffle_buffer, batch_size=batch_size, drop_last=True,
+                      seed=seed, rank=rank, world_size=world_size)
+        if isinstance(source, LatentCacheSource):
+            self.key = "latents"
+            self.dataset = LatentClipDataset(source.path, **stream)
+        else:
+            self.key = "video"
+            self.dataset = VideoClipDataset(
+                source.path, frames=source.frames, size=source.size, crop_scale=source.crop_scale,
+                hflip=source.hflip, channels=source.channels, **stream,
+            )
         self.dataset.set_epoch(start_step)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=None, num_workers=source.loader_workers,
@@ -130,19 +137,19 @@ class ShardBatches:
         self.read += 1
         clips = next(self._batches)
         if not self.with_captions:
-            return {"video": clips["video"]}
+            return {self.key: clips[self.key]}
         if self.needs_captions:
             uncaptioned = [key for key, caption in zip(clips["key"], clips["caption"]) if not caption.strip()]
             if uncaptioned:
                 raise ValueError(
-                    f"data.source='shards' (data.path={self.source.path!r}) holds clips without a caption "
+                    f"data.source={self.source.source!r} (data.path={self.source.path!r}) holds clips without a caption "
                     f"(e.g. {uncaptioned[0]!r}), but the model is text-conditional; build the shards with a "
                     "caption sidecar per video (<video>.txt or .json, msc data build), or train without text "
                     "(model.text_drop_prob: 1.0)"
                 )
         if self.first_caption is None:
             self.first_caption = clips["caption"][0]
-        return {"video": clips["video"], "caption": list(clips["caption"]), "motion": clips["motion"],
+        return {self.key: clips[self.key], "caption": list(clips["caption"]), "motion": clips["motion"],
                 "fps": clips["fps"]}
 
     @property
@@ -159,7 +166,7 @@ class ShardBatches:
 
 
 def make_clip_batches(
-    source: MovingMNISTSource | ShardSource,
+    source: MovingMNISTSource | ShardSource | LatentCacheSource,
     seed: int,
     rank: int,
     world_size: int,

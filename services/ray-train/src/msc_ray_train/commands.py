@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -157,12 +158,28 @@ def _configure_sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fps", type=float, default=8.0)
     parser.add_argument("--scale", type=positive_int, help="enlarge frames by this integer factor (default: to >= 128 px)")
+    parser.add_argument("--stream", action="store_true",
+                        help="write each frame as soon as it is final: --out an .mp4 that grows, or a folder of "
+                        "numbered PNGs; prints the time to the first frame and frames/s")
+    parser.add_argument("--decoder", choices=("torch", "onnx"), default="torch",
+                        help="a latent model's decoder: its tokenizer in PyTorch, or tokenizer/decoder.onnx in "
+                        "ONNX Runtime (msc export)")
     add_device_flag(parser)
     add_threads_flag(parser)
     add_progress_flag(parser)
 
 
-def _output_file(out: Path) -> Path:
+def _output_file(out: Path, stream: bool = False) -> Path:
+    if stream:  # an .mp4 that grows, or a folder of numbered PNGs
+        if out.suffix.lower() == ".gif":
+            raise ValueError(f"--stream cannot grow a GIF ({out}); name an .mp4 file or a folder for PNG frames")
+        if out.suffix and out.suffix.lower() != ".mp4":
+            raise ValueError(f"--stream writes an .mp4 or a folder of PNG frames, got {out}")
+        if out.suffix.lower() == ".mp4" and out.is_dir():
+            raise IsADirectoryError(f"--out {out} is a directory; name an .mp4 file")
+        if not out.suffix and out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"--out {out} is a file; --stream writes PNG frames into a folder")
+        return out
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise ValueError(f"--out must name a .mp4 or .gif file, got {out}")
     if out.is_dir():
@@ -172,25 +189,48 @@ def _output_file(out: Path) -> Path:
 
 def _run_sample(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    out = _output_file(args.out)
+    out = _output_file(args.out, args.stream)
+    from msc_core.pipeline import VideoPipeline
     from msc_core.runtime import resolve_device
     from msc_ray_train.model_kinds import model_kind
-    from msc_ray_train.sampling import generate_video, load_trained_model, read_prefix_video
+    from msc_ray_train.sampling import (
+        find_pipeline,
+        generate_video,
+        load_trained_model,
+        pipeline_frame_shape,
+        read_prefix_video,
+        read_video_clip,
+    )
     from msc_ray_train.video_output import video_to_rgb_frames, write_video_file
 
-    model = load_trained_model(args.model, device=resolve_device(args.device))
-    if args.caption is not None and not model_kind(model.config.kind).with_captions(model.config):
+    device = resolve_device(args.device)
+    pipeline_dir = find_pipeline(args.model)
+    if pipeline_dir is not None:  # a latent model: generator + tokenizer
+        model = VideoPipeline.from_pretrained(pipeline_dir, device=device, decoder=args.decoder)
+        config = model.generator.config
+    else:
+        if args.decoder != "torch":
+            raise ValueError(f"--decoder {args.decoder} decodes a latent model's pipeline; {args.model} has none")
+        model = load_trained_model(args.model, device=device)
+        config = model.config
+    if args.caption is not None and not model_kind(config.kind).with_captions(config):
         raise ValueError(
-            f"--caption is for text-conditional models (kind 'nova'); {args.model} holds a "
-            f"{model.config.kind!r} model"
+            f"--caption is for text-conditional models (kind 'nova'); {args.model} holds a {config.kind!r} model"
         )
-    if model_kind(model.config.kind).reproduce_clip is not None:
+    if pipeline_dir is None and model_kind(config.kind).reproduce_clip is not None:
         return _write_reproduction(args, model, out)
     prefix = None
     if args.prefix is not None:
-        prefix = read_prefix_video(args.prefix, model, max_frames=args.prefix_frames or args.frames - 1)
+        max_frames = args.prefix_frames or args.frames - 1
+        if pipeline_dir is not None:
+            channels, height, width = pipeline_frame_shape(model)
+            prefix = read_video_clip(args.prefix, channels, height, width, max_frames)
+        else:
+            prefix = read_prefix_video(args.prefix, model, max_frames=max_frames)
         if prefix.shape[2] >= args.frames:
             raise ValueError(f"--frames {args.frames} must exceed the {prefix.shape[2]} prefix frames it includes")
+    if args.stream:
+        return _stream_sample(args, model, out, prefix)
     video = generate_video(
         model, args.frames, seed=args.seed, num_steps=args.steps, offset=args.offset, eta=args.eta, prefix=prefix,
         class_label=args.class_label, guidance_scale=args.guidance,
@@ -200,6 +240,47 @@ def _run_sample(args: argparse.Namespace) -> int:
     scale = args.scale or max(1, 128 // height)
     write_video_file(out, video_to_rgb_frames(video, scale=scale), args.fps)
     print(f"wrote {out} ({video.shape[1]} frames, {height * scale}x{video.shape[-1] * scale})")
+    return 0
+
+
+def _stream_sample(args: argparse.Namespace, model: Any, out: Path, prefix: Any) -> int:
+    """`msc sample --stream`: each frame written as soon as it is final."""
+    from PIL import Image
+
+    from msc_core.interfaces import GenerationRequest, SchedulerParams
+    from msc_data.video_io import VideoWriter
+    from msc_ray_train.sampling import stream_video
+    from msc_ray_train.video_output import video_to_rgb_frames
+
+    request = GenerationRequest(
+        num_frames=args.frames, seed=args.seed, num_steps=args.steps, prefix=prefix, class_label=args.class_label,
+        guidance_scale=args.guidance, scheduler=SchedulerParams(offset=args.offset, eta=args.eta),
+        prompt=args.caption,
+    )
+    writer = VideoWriter(out, args.fps) if out.suffix else None
+    if writer is None:
+        out.mkdir(parents=True, exist_ok=True)
+    count = 0
+
+    def write(frame: Any) -> None:  # (C, H, W) in [-1, 1]
+        nonlocal count
+        scale = args.scale or max(1, 128 // frame.shape[-2])
+        rgb = video_to_rgb_frames(frame[:, None].cpu(), scale=scale)[0]
+        if writer is not None:
+            writer.write(rgb)
+        else:
+            Image.fromarray(rgb).save(out / f"frame-{count:05d}.png")
+        count += 1
+        if not args.no_progress:
+            print(f"frame {count}/{args.frames}", file=sys.stderr, flush=True)
+
+    try:
+        report = stream_video(model, request, write)
+    finally:
+        if writer is not None and writer.frames:
+            writer.close()
+    print(f"wrote {out} ({report.frames} frames, streamed): first frame after {report.first_frame_s:.2f} s, "
+          f"{report.frames} frames in {report.total_s:.2f} s ({report.frames_per_s:.1f} frames/s)")
     return 0
 
 

@@ -92,7 +92,38 @@ class ShardSource(Config):
         return self.size
 
 
-DataSource = Annotated[Union[MovingMNISTSource, ShardSource], Field(discriminator="source")]
+class LatentCacheSource(Config):
+    """A latent cache written by `msc data encode` (msc_data.LatentClipDataset), streamed with
+    resampling: the fast path for big data, since no worker encodes pixels. The model must
+    name the tokenizer that wrote it (`model.tokenizer_path`): its decoder turns samples and
+    the exported pipeline into video. `path`: the cache directory or its manifest.json."""
+
+    source: Literal["latents"]
+    path: str
+    shuffle_buffer: int = Field(default=256, ge=0)
+    loader_workers: int = Field(default=0, ge=0, description="DataLoader processes per training worker")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_local_path(cls, v: str) -> str:
+        if not _is_local(v):
+            raise ValueError(f"a latent cache is a local or shared-filesystem directory, got {v!r}")
+        return absolute_path(v)
+
+    def manifest(self) -> Any:
+        """The cache's LatentManifest (refused when the folder holds clips or is incomplete)."""
+        from msc_data.manifest import LatentManifest, load_manifest
+
+        manifest = load_manifest(self.path)
+        if not isinstance(manifest, LatentManifest):
+            raise ValueError(f"data.path={self.path!r} holds a {manifest.kind} shard set; data.source: latents reads "
+                             "the output of msc data encode")
+        if not manifest.complete:
+            raise ValueError(f"data.path={self.path!r} is an incomplete latent cache; re-run msc data encode to finish it")
+        return manifest
+
+
+DataSource = Annotated[Union[MovingMNISTSource, ShardSource, LatentCacheSource], Field(discriminator="source")]
 
 
 def _is_local(url: str) -> bool:
@@ -118,8 +149,11 @@ def absolute_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def missing_data_paths(data: MovingMNISTSource | ShardSource) -> list[str]:
+def missing_data_paths(data: MovingMNISTSource | ShardSource | LatentCacheSource) -> list[str]:
     """Local shard paths the data section names that do not exist (remote URLs are not checked)."""
+    if isinstance(data, LatentCacheSource):
+        manifest = Path(data.path) if data.path.endswith(".json") else Path(data.path) / MANIFEST_NAME
+        return [] if manifest.is_file() else [str(manifest)]
     if not isinstance(data, ShardSource):
         return []
     if isinstance(data.path, str):
@@ -240,6 +274,26 @@ class TrainJob(Config):
     @model_validator(mode="after")
     def _check_consistency(self) -> "TrainJob":
         kind = model_kind(self.model.kind)
+        if isinstance(self.data, LatentCacheSource):
+            self._check_latent_cache()
+        else:
+            self._check_clips()
+        if self.precision == "bf16" and not self.scaling.use_gpu:
+            raise ValueError("precision='bf16' (autocast) is for GPUs: set scaling.use_gpu=true or precision='fp32'")
+        if self.optim.warmup_steps > self.steps:
+            raise ValueError(f"optim.warmup_steps={self.optim.warmup_steps} exceeds steps={self.steps}")
+        max_sample_steps = kind.max_sample_steps(self.model)
+        if self.sample_every and max_sample_steps is not None and self.sample_steps > max_sample_steps:
+            raise ValueError(
+                f"sample_steps={self.sample_steps} but a {self.model.kind} sample takes at most {max_sample_steps} "
+                f"steps (NOVA: one set-by-set step reveals at least one of a frame's {max_sample_steps} tokens); "
+                f"use sample_steps <= {max_sample_steps}"
+            )
+        return self
+
+    def _check_clips(self) -> None:
+        """The data's clips fit the model: frames, channels, size, classes."""
+        kind = model_kind(self.model.kind)
         channels, frames, height, width = kind.clip_shape(self.model)
         data = self.data
         num_classes = kind.num_classes(self.model)
@@ -265,18 +319,34 @@ class TrainJob(Config):
             for dimension, reason in kind.check_clip(self.model, (data.channels, data.frames, size, size)):
                 field, value = values[dimension]
                 raise ValueError(f"data.{field}={value}: {reason}")
-        if self.precision == "bf16" and not self.scaling.use_gpu:
-            raise ValueError("precision='bf16' (autocast) is for GPUs: set scaling.use_gpu=true or precision='fp32'")
-        if self.optim.warmup_steps > self.steps:
-            raise ValueError(f"optim.warmup_steps={self.optim.warmup_steps} exceeds steps={self.steps}")
-        max_sample_steps = kind.max_sample_steps(self.model)
-        if self.sample_every and max_sample_steps is not None and self.sample_steps > max_sample_steps:
+
+    def _check_latent_cache(self) -> None:
+        from msc_ray_train.latent_kinds import is_latent_model, tokenizer_config
+
+        if not is_latent_model(self.model):
             raise ValueError(
-                f"sample_steps={self.sample_steps} but a {self.model.kind} sample takes at most {max_sample_steps} "
-                f"steps (NOVA: one set-by-set step reveals at least one of a frame's {max_sample_steps} tokens); "
-                f"use sample_steps <= {max_sample_steps}"
+                "data.source: latents trains a latent model: set model.tokenizer_path to the tokenizer that wrote "
+                "the cache (its decoder turns samples and the exported pipeline into video)"
             )
-        return self
+        if model_kind(self.model.kind).num_classes(self.model) is not None:
+            raise ValueError("a latent cache holds no class labels; train an unconditional or text-conditional model")
+        manifest = self.data.manifest()  # type: ignore[union-attr]
+        tokenizer = tokenizer_config(self.model)
+        if manifest.tokenizer_config != tokenizer.model_dump(mode="json"):
+            raise ValueError(
+                f"data.path={self.data.path!r} was encoded with another tokenizer ({manifest.tokenizer_kind}) than "
+                f"model.tokenizer_path={self.model.tokenizer_path!r}: their configs differ; encode the clips with "
+                "that tokenizer (msc data encode) or point tokenizer_path at the one that wrote the cache"
+            )
+        self.model.check_latent_space(manifest.latent_spec)
+
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        """(channels, frames, height, width) of the pixel clips of the job: the data's, or,
+        for a latent model, the tokenizer's input clips (also when the data is a latent cache)."""
+        kind = model_kind(self.model.kind)
+        if isinstance(self.data, LatentCacheSource):
+            return kind.clip_shape(self.model)
+        return self.data.channels, self.data.frames, self.data.frame_size, self.data.frame_size
 
     @property
     def run_dir(self) -> Path:

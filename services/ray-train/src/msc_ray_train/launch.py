@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from msc_core.cli import CommandFailed
 from msc_core.config import ConfigError
 
 from msc_ray_train.job import TrainJob
+from msc_ray_train.latent_kinds import resolve_latent_normalization
 from msc_ray_train.train_checkpoint import EXPORT_DIR, latest_valid_checkpoint, read_job_dict, read_trainer_state
 from msc_ray_train.train_loop import EVENTS_FILE, METRICS_FILE, read_metrics, train_worker
 
@@ -286,6 +288,9 @@ def run_training(
     """
     if job.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("tensorboard: true needs the `tensorboard` package: pip install 'msc-ray-train[tensorboard]'")
+    job, resolved = resolve_latent_normalization(job)
+    if resolved is not None:
+        print(f"{job.run.name}: {resolved}", file=sys.stderr)
     start_step = check_resumable(job)
     address = resolve_address(address)
     configure_ray_environment(local=address is None)

@@ -31,7 +31,7 @@ from msc_cascade.cascade_model import CascadeConfig, CascadeModel
 from msc_core.config import Config
 from msc_tokenizers import ARVAE, ARVAEConfig, CausalVAE3D, CausalVAE3DConfig
 
-from msc_ray_train import tokenizer_kinds
+from msc_ray_train import latent_kinds, tokenizer_kinds
 
 
 @dataclass(frozen=True)
@@ -85,32 +85,52 @@ def _ardiffusion_num_classes(config: ARDiffusionConfig) -> int | None:
 
 
 def _ardiffusion_clip_shape(config: ARDiffusionConfig) -> tuple[int, int, int, int]:
+    if latent_kinds.is_latent_model(config):
+        return latent_kinds.pixel_clip_shape(config)
     data = config.data
     if data.input_layout != "grid":
         raise ValueError(
-            "model.data.input_layout='tokens' trains on token latents, but the training service "
-            "feeds pixel clips; use input_layout='grid'"
+            "model.data.input_layout='tokens' models a tokenizer's token latents: set model.tokenizer_path to "
+            "the AR-VAE whose latents it generates (or use input_layout='grid' on pixels)"
         )
     return data.channels, data.num_frames, data.height, data.width
 
 
 def _nova_clip_shape(config: NovaConfig) -> tuple[int, int, int, int]:
+    if latent_kinds.is_latent_model(config):
+        return latent_kinds.pixel_clip_shape(config)
     if config.layout != "grid":
         raise ValueError(
-            "model.layout='tokens' trains on token latents, but the training service feeds pixel clips; "
-            "use layout='grid'"
+            "model.layout='tokens' models a tokenizer's token latents: set model.tokenizer_path to the AR-VAE "
+            "whose latents it generates (or use layout='grid' on pixels)"
         )
     height, width = config.sample_size
     return config.in_channels, config.num_frames, height, width
+
+
+def _generator_clip_tokens(patch_size: Callable[[Any], int]) -> Callable[[Any, tuple[int, int, int, int]], int]:
+    """Tokens/s of a generator: latent tokens for a latent model, pixel patches otherwise."""
+
+    def clip_tokens(config: Any, clip: tuple[int, int, int, int]) -> int:
+        if latent_kinds.is_latent_model(config):
+            return latent_kinds.latent_clip_tokens(config, patch_size(config))
+        _, frames, height, width = clip
+        return frames * (height // patch_size(config)) * (width // patch_size(config))
+
+    return clip_tokens
 
 
 MODEL_KINDS: dict[str, ModelKind] = {
     "ardiffusion": ModelKind(
         ARDiffusionConfig, ARDiffusion, _ardiffusion_clip_shape, lambda c: c.transformer.patch_size,
         _ardiffusion_num_classes,
+        clip_tokens=_generator_clip_tokens(lambda c: c.transformer.patch_size),
+        prepare_section=latent_kinds.prepare_section, model_files=latent_kinds.model_files,
     ),
     "nova": ModelKind(
         NovaConfig, NOVA, _nova_clip_shape, lambda c: c.patch_size, lambda c: None,
+        clip_tokens=_generator_clip_tokens(lambda c: c.patch_size),
+        prepare_section=latent_kinds.prepare_section, model_files=latent_kinds.model_files,
         with_captions=lambda c: True, needs_captions=lambda c: c.text_drop_prob < 1.0,
         find_unused_parameters=lambda c: c.text_drop_prob == 0.0,  # the null caption is never used
         max_sample_steps=lambda c: c.token_grid[0] * c.token_grid[1],  # each set-by-set step reveals a token

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from msc_cascade.cascade_decoder import CascadeDecoder, CascadeDecodeSettings
 from msc_cascade.cascade_model import CascadeConfig, CascadeModel
 from msc_core.checkpoint import CONFIG_NAME
-from msc_core.interfaces import GenerationRequest
 from msc_tokenizers import ARVAEConfig, CausalVAE3DConfig
 
 from msc_ray_train.train_checkpoint import EXPORT_DIR
@@ -104,9 +104,9 @@ def arvae_clip_tokens(config: ARVAEConfig, clip: Clip) -> int:
 # --------------------------------------------------------------------------- cascade
 
 
-def resolve_vae_path(path: str) -> str:
-    """`model.vae_path` as an absolute path (workers may run elsewhere); a vae3d run
-    directory stands for its exported EMA model `<run>/model/`."""
+def resolve_model_path(path: str) -> str:
+    """A model path of a job (`model.vae_path`, `model.tokenizer_path`) as an absolute path
+    (workers run elsewhere); a run directory stands for its exported EMA model `<run>/model/`."""
     resolved = Path(os.path.abspath(Path(path).expanduser()))
     if not (resolved / CONFIG_NAME).is_file() and (resolved / EXPORT_DIR / CONFIG_NAME).is_file():
         resolved = resolved / EXPORT_DIR
@@ -115,7 +115,7 @@ def resolve_vae_path(path: str) -> str:
 
 def cascade_prepare_section(section: dict[str, Any]) -> dict[str, Any]:
     if isinstance(section.get("vae_path"), str):
-        section = {**section, "vae_path": resolve_vae_path(section["vae_path"])}
+        section = {**section, "vae_path": resolve_model_path(section["vae_path"])}
     return section
 
 
@@ -160,7 +160,6 @@ def cascade_clip_tokens(config: CascadeConfig, clip: Clip) -> int:
 def refine_clip(model: CascadeModel, clip: torch.Tensor, seed: int, steps: int) -> torch.Tensor:
     """The cascade's refinement of `clip`'s base (4x downsized in sr mode, every 4th frame in
     fps mode) back to the clip's size, with `steps` DDIM steps seeded by `seed`."""
-    base = model.base_video(clip)
-    request = GenerationRequest(num_frames=clip.shape[2], seed=seed, num_steps=steps, prefix=base)
-    return model.generate(request)
+    steps = min(steps, model.config.num_timesteps)
+    return CascadeDecoder(model, CascadeDecodeSettings(steps=steps)).upscale(model.base_video(clip), seed=seed)
 

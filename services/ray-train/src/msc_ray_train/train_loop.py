@@ -42,14 +42,16 @@ from torch import nn
 
 from msc_core.checkpoint import atomic_write_text
 from msc_core.interfaces import GenerationRequest
+from msc_core.pipeline import VideoPipeline
 from msc_core.runtime import rank_seed
 
 from msc_ray_train.clip_batches import make_clip_batches
 from msc_ray_train.ema import ExponentialMovingAverage
-from msc_ray_train.job import TrainJob
+from msc_ray_train.job import LatentCacheSource, TrainJob
+from msc_ray_train.latent_kinds import LatentBatches, is_latent_model, load_frozen_tokenizer
 from msc_ray_train.model_kinds import build_model, model_kind, tokens_per_clip
 from msc_ray_train.optimization import build_optimizer, build_scheduler
-from msc_ray_train.sampling import reproduce_beside_clip
+from msc_ray_train.sampling import PIPELINE_DIR, reproduce_beside_clip
 from msc_ray_train.train_checkpoint import (
     CorruptCheckpointError,
     TrainerState,
@@ -266,10 +268,11 @@ def _is_report_step(job: TrainJob, step: int) -> bool:
 
 def _write_training_sample(
     job: TrainJob, ema_model: nn.Module, run_dir: Path, step: int, prompt: str | None = None,
-    clip: torch.Tensor | None = None,
+    clip: torch.Tensor | None = None, tokenizer: nn.Module | None = None,
 ) -> None:
-    """`<run>/samples/step-N.gif`: a generator's seeded sample, or, for a clip-to-clip model
-    (tokenizer, cascade), its version of `clip` (B=1) beside the clip itself."""
+    """`<run>/samples/step-N.gif`: a generator's seeded sample (decoded by the tokenizer for a
+    latent model), or, for a clip-to-clip model (tokenizer, cascade), its version of `clip`
+    (B=1) beside the clip itself."""
     if model_kind(job.model.kind).reproduce_clip is not None:
         if clip is None:
             raise ValueError(f"a {job.model.kind} training sample needs the clip it reproduces")
@@ -277,9 +280,12 @@ def _write_training_sample(
         write_gif(run_dir / SAMPLES_DIR / f"step-{step:08d}.gif", video_to_rgb_frames(video, scale=4), fps=8.0)
         return
     label = job.seed % 10 if job.class_conditional else None  # a fixed digit, to watch it improve
-    request = GenerationRequest(num_frames=job.data.frames, seed=job.seed, num_steps=job.sample_steps,
+    request = GenerationRequest(num_frames=job.clip_shape()[1], seed=job.seed, num_steps=job.sample_steps,
                                 class_label=label, prompt=prompt)
-    video = ema_model.generate(request)[0]  # (C, T, H, W)
+    if tokenizer is not None:  # a latent model: generate latents, decode them with the tokenizer
+        video = VideoPipeline(ema_model, tokenizer, job.model.latent_normalization)(request)[0]
+    else:
+        video = ema_model.generate(request)[0]  # (C, T, H, W)
     write_gif(run_dir / SAMPLES_DIR / f"step-{step:08d}.gif", video_to_rgb_frames(video, scale=4), fps=8.0)
 
 
@@ -318,10 +324,15 @@ def run_training_loop(
         job.data, job.seed, rank, world_size, job.batch_size, start_step, with_labels=job.class_conditional,
         with_captions=kind.with_captions(job.model), needs_captions=kind.needs_captions(job.model),
     )
+    tokenizer = None  # a latent model's frozen tokenizer: encodes pixel clips, decodes rank 0's samples
+    if is_latent_model(job.model):
+        encodes = not isinstance(job.data, LatentCacheSource)
+        if encodes or rank == 0:
+            tokenizer = load_frozen_tokenizer(job.model.tokenizer_path, device)
+        batches = LatentBatches(batches, tokenizer if encodes else None, job.model.latent_normalization, device)
     use_bf16 = job.precision == "bf16" and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
-    data = job.data
-    clip_tokens = tokens_per_clip(job.model, (data.channels, data.frames, data.frame_size, data.frame_size))
+    clip_tokens = tokens_per_clip(job.model, job.clip_shape())
     sample_clip: torch.Tensor | None = None  # the first clip this worker trains on (clip-to-clip samples)
     writer = _tensorboard_writer(run_dir) if job.tensorboard and rank == 0 else None
     if rank == 0:
@@ -339,7 +350,7 @@ def run_training_loop(
             k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             for k, v in batches.batch(state.step).items()
         }
-        if sample_clip is None:
+        if sample_clip is None and "video" in batch:
             sample_clip = batch["video"][:1].detach().clone()
         generator = step_generator(job.seed, state.step, rank, device)
         result = training_step(
@@ -385,6 +396,10 @@ def run_training_loop(
                     state.data_position = batches.position(state.step)
                     written = str(write_checkpoint(tmp, model, ema.model, optimizer, scheduler, state, job))
                     export_model(ema.model, run_dir, state.step)
+                    if tokenizer is not None:  # `msc sample <run>` and VideoPipeline.from_pretrained read it
+                        VideoPipeline(ema.model, tokenizer, job.model.latent_normalization).save_pretrained(
+                            run_dir / PIPELINE_DIR
+                        )
                 _append_jsonl(run_dir / METRICS_FILE, {**metrics, "time": time.time()})
                 if writer is not None:
                     for name, value in metrics.items():
@@ -394,7 +409,7 @@ def run_training_loop(
         if diverged:
             break
         if rank == 0 and job.sample_every and state.step % job.sample_every == 0:
-            _write_training_sample(job, ema.model, run_dir, state.step, batches.sample_caption, sample_clip)
+            _write_training_sample(job, ema.model, run_dir, state.step, batches.sample_caption, sample_clip, tokenizer)
 
     if status == "finished" and state.step == start_step:
         # nothing left to train (the run had already reached `steps`): still report once

@@ -37,7 +37,7 @@ The sampler lives in `sampling.py` (diffusers style: the model does not own it);
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -54,11 +54,12 @@ from msc_core.diffusion import (
     per_frame,
     q_sample,
 )
-from msc_core.interfaces import GenerationRequest
+from msc_core.interfaces import GenerationRequest, LatentSpec
+from msc_core.latents import LatentNormalization
 from msc_core.transformer import PRESETS as TRANSFORMER_PRESETS
 from msc_core.transformer import MSCTransformer, MSCTransformerConfig
 
-from msc_ar.ardiffusion.sampling import generate as ad_generate
+from msc_ar.ardiffusion import sampling
 from msc_ar.ardiffusion.timesteps import TimestepSamplerKind, sample_timesteps
 
 CLEAN_TIMESTEP = 0  # the timestep a clean (t = -1) frame is embedded at
@@ -145,6 +146,17 @@ class ARDiffusionConfig(Config):
     text_embed_dim: int | None = Field(None, gt=0, description="conditioned on caller-supplied text embeddings")
     cond_dropout: float = Field(0.1, ge=0.0, le=1.0, description="null-condition rate in training (for CFG)")
     clip_denoised: bool = Field(False, description="clamp x0 predictions to [-1, 1] when sampling (pixels)")
+    # latent models (AR-Diffusion §3.1: the generator models a tokenizer's normalised latents)
+    tokenizer_path: str | None = Field(
+        None, description="the frozen tokenizer whose latents the model generates (the training service encodes "
+        "clips with it, VideoPipeline decodes with it); None: pixels or caller-supplied latents",
+    )
+    latent_normalization: LatentNormalization | None = Field(
+        None, description="per-channel shift/scale of the tokenizer's latents (measured on the training data)"
+    )
+    clamp_latents: bool = Field(
+        False, description="clamp latent x0 predictions to latent_normalization.bound (measured) when sampling"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -187,12 +199,50 @@ class ARDiffusionConfig(Config):
             )
         if self.num_classes is not None and tf.cond_dim is None:
             raise ValueError("num_classes needs transformer.cond_dim (the class-embedding size)")
+        if self.clip_denoised and self.tokenizer_path is not None:
+            raise ValueError(
+                "clip_denoised clamps pixels to [-1, 1]; a latent model (tokenizer_path) must not: use clamp_latents "
+                "to clamp to the bound measured from the data"
+            )
+        if self.clamp_latents and (self.latent_normalization is None or self.latent_normalization.bound is None):
+            raise ValueError("clamp_latents needs latent_normalization with a measured bound")
         if self.num_classes is None and self.text_embed_dim is None and tf.cond_dim is not None:
             raise ValueError(
                 f"transformer.cond_dim={tf.cond_dim} but the model has no condition; set num_classes "
                 f"or text_embed_dim, or cond_dim=None"
             )
         return self
+
+    def check_latent_space(self, spec: LatentSpec) -> None:
+        """Refuse a tokenizer whose latents this model cannot read, naming both sides: the
+        layout, the channels and, for token latents, the tokens per frame and the grid the
+        tokens lie on (MSC attention's windows and pooling treat `data.latent_grid` as an
+        image, so it must be the tokenizer's `token_grid`; tokens without one need dense
+        attention)."""
+        data = self.data
+        if spec.layout != data.input_layout:
+            raise ValueError(f"the tokenizer makes {spec.layout} latents, the model reads input_layout={data.input_layout!r}")
+        if spec.channels != data.channels:
+            raise ValueError(f"the tokenizer's latents have {spec.channels} channels, the model reads data.channels={data.channels}")
+        if spec.layout == "grid":
+            return
+        if spec.tokens_per_frame != data.tokens_per_frame:
+            raise ValueError(
+                f"the tokenizer makes {spec.tokens_per_frame} tokens per frame, the model reads "
+                f"data.tokens_per_frame={data.tokens_per_frame}"
+            )
+        if spec.token_grid is None:
+            if self.transformer.attention != "dense":
+                raise ValueError(
+                    "the tokenizer's tokens lie on no spatial grid (token_grid=None: learned queries), but MSC "
+                    "attention treats data.latent_grid as an image; use transformer.attention='dense'"
+                )
+        elif tuple(spec.token_grid) != tuple(data.latent_grid):
+            raise ValueError(
+                f"model data.latent_grid={tuple(data.latent_grid)} but the tokenizer's tokens lie on a "
+                f"{tuple(spec.token_grid)} grid of image regions (LatentSpec.token_grid); use "
+                f"latent_grid={list(spec.token_grid)}"
+            )
 
     @property
     def conditioning(self) -> Literal["class", "text"] | None:
@@ -326,6 +376,10 @@ class ARDiffusion(nn.Module):
     @property
     def frame_dim(self) -> int:
         return self.config.data.frame_dim
+
+    def check_latent_space(self, spec: LatentSpec) -> None:
+        """Refuse a tokenizer whose latents this model cannot read (`ARDiffusionConfig.check_latent_space`)."""
+        self.config.check_latent_space(spec)
 
     def new_cache(self) -> list[Any]:
         """Empty per-layer KV cache of the backbone (finished frames during sampling)."""
@@ -466,7 +520,12 @@ class ARDiffusion(nn.Module):
         else:
             raw = self(x, t, cond, cache, update_cache, frame_offset)
         x0 = convert_prediction(raw, self.config.prediction, "x0", x, t, self.alphas_cumprod, self.frame_dim)
-        return x0.clamp(-1, 1) if self.config.clip_denoised else x0
+        if self.config.clip_denoised:
+            return x0.clamp(-1, 1)
+        if self.config.clamp_latents:
+            bound = self.config.latent_normalization.bound
+            return x0.clamp(-bound, bound)
+        return x0
 
     # -- training -----------------------------------------------------------------
 
@@ -533,4 +592,16 @@ class ARDiffusion(nn.Module):
         on_step: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Sample a video with the AD scheduler and DDIM: see `sampling.generate`."""
-        return ad_generate(self, request, text_embedding=text_embedding, use_cache=use_cache, on_step=on_step)
+        return sampling.generate(self, request, text_embedding=text_embedding, use_cache=use_cache, on_step=on_step)
+
+    def generate_frames(
+        self,
+        request: GenerationRequest,
+        text_embedding: torch.Tensor | None = None,
+        use_cache: bool = True,
+        on_iteration: Callable[[int, int, int], None] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """The frames of `generate(request)` one at a time, each as soon as it is final (AD
+        order), in the model layout without the frame axis: see `sampling.iter_frames`."""
+        return sampling.iter_frames(self, request, text_embedding=text_embedding, use_cache=use_cache,
+                                    on_iteration=on_iteration)

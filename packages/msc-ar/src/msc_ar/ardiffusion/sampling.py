@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
@@ -56,10 +56,34 @@ from msc_core.interfaces import GenerationRequest
 
 from msc_ar.ardiffusion.ad_schedule import ad_schedule, ad_step_transitions, ad_timesteps, check_sliding_window
 
-if TYPE_CHECKING:
-    from msc_ar.ardiffusion.model import ARDiffusion
-
 CLEAN = -1  # timestep of a clean frame (msc_core.diffusion)
+
+
+class ADSampledModel(Protocol):
+    """What the sampler needs of a model (msc_ar.ardiffusion.model.ARDiffusion); a protocol,
+    so that this module does not import the model (the model imports the sampler)."""
+
+    config: Any
+    alphas_cumprod: torch.Tensor
+
+    @property
+    def frame_dim(self) -> int: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def new_cache(self) -> list[Any]: ...
+
+    def check_input(self, x: torch.Tensor, what: str = "x") -> None: ...
+
+    def embed_condition(
+        self, labels: torch.Tensor | None = None, text_embedding: torch.Tensor | None = None,
+        batch_size: int | None = None, drop: torch.Tensor | None = None,
+    ) -> torch.Tensor | None: ...
+
+    def predict_x0(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, guidance_scale: float = 1.0,
+        cache: list[Any] | None = None, update_cache: bool = False, frame_offset: int | None = None,
+    ) -> torch.Tensor: ...
 
 
 # -----------------------------------------------------------------------------
@@ -145,7 +169,7 @@ def plan_ad_sampling(
 
 
 def _condition(
-    model: "ARDiffusion", request: GenerationRequest, text_embedding: torch.Tensor | None, device: torch.device
+    model: ADSampledModel, request: GenerationRequest, text_embedding: torch.Tensor | None, device: torch.device
 ) -> torch.Tensor | None:
     cfg, B = model.config, request.batch_size
     if request.prompt is not None and cfg.conditioning != "text":
@@ -173,7 +197,7 @@ def _condition(
     return model.embed_condition(labels, text_embedding, batch_size=B)
 
 
-def _prefix_frames(model: "ARDiffusion", request: GenerationRequest, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+def _prefix_frames(model: ADSampledModel, request: GenerationRequest, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
     if request.prefix is None:
         return []
     prefix = request.prefix
@@ -187,9 +211,8 @@ def _prefix_frames(model: "ARDiffusion", request: GenerationRequest, dtype: torc
 # the loop
 
 
-@torch.no_grad()
 def generate(
-    model: "ARDiffusion",
+    model: ADSampledModel,
     request: GenerationRequest,
     text_embedding: torch.Tensor | None = None,
     use_cache: bool = True,
@@ -201,6 +224,29 @@ def generate(
     `text_embedding`), `guidance_scale`, `num_steps` (S DDIM steps per frame), `seed`,
     `scheduler.offset` (s), `scheduler.window`, `scheduler.eta`. `on_step(n, video)` is
     called after every iteration with the current frames (for progress or inspection).
+    """
+    frames = iter_frames(model, request, text_embedding, use_cache, on_step)
+    return torch.stack(list(frames), dim=model.frame_dim)
+
+
+@torch.no_grad()
+def iter_frames(
+    model: ADSampledModel,
+    request: GenerationRequest,
+    text_embedding: torch.Tensor | None = None,
+    use_cache: bool = True,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    on_iteration: Callable[[int, int, int], None] | None = None,
+) -> Iterator[torch.Tensor]:
+    """The frames of `generate(request)`, each yielded as soon as it is final: `(B, C, H, W)`
+    or `(B, L, D)`, in order, the prefix frames first.
+
+    AD order: frame f is final after the iteration that takes it to the clean timestep,
+    while later frames are still being denoised, so a consumer (a streaming decoder)
+    gets the first frame long before the last one starts. Frames that left the model's
+    window and were yielded are released (unless `on_step` asks for the whole video), so
+    memory does not grow with the number of frames. `on_iteration(n, first, last)` is
+    called before iteration n runs frames `first..last` (instrumentation).
     """
     cfg = model.config
     param = next(model.parameters())
@@ -223,7 +269,9 @@ def generate(
     def draw() -> torch.Tensor:  # one frame of noise; CPU draws so every device gets the same video
         return torch.randn(frame_shape, generator=generator).to(device=device, dtype=dtype)
 
-    frames = prefix + [draw() for _ in range(plan.num_frames - plan.num_prefix)]  # each (B, *frame)
+    # each (B, *frame); None once yielded and out of the window
+    frames: list[torch.Tensor | None] = [*prefix, *(draw() for _ in range(plan.num_frames - plan.num_prefix))]
+    keep_all = on_step is not None
 
     def timesteps(row: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         return row[lo:hi].to(device)[None].expand(request.batch_size, -1)  # (B, hi - lo)
@@ -231,10 +279,14 @@ def generate(
     def stack(lo: int, hi: int) -> torch.Tensor:
         return torch.stack(frames[lo:hi], dim=fd)
 
+    done = plan.num_prefix  # frames [0, done) are final and yielded
+    yield from prefix
     cache: list[Any] | None = None
     cache_start = cache_end = 0  # frames [cache_start, cache_end) are in the cache
     for n in range(plan.num_iterations):
         first, last, start = plan.first[n], plan.last[n] + 1, plan.window_start[n]
+        if on_iteration is not None:
+            on_iteration(n, first, last - 1)
         t_row = plan.t_before[n]
         if use_cache:
             if cache is None or start != cache_start:
@@ -262,4 +314,10 @@ def generate(
         frames[first:last] = x_next.unbind(fd)
         if on_step is not None:
             on_step(n, stack(0, plan.num_frames))
-    return stack(0, plan.num_frames)
+        while done < plan.num_frames and int(plan.t_after[n, done]) == CLEAN:
+            yield frames[done]
+            done += 1
+        if not keep_all:  # frames before the next window are never read again
+            next_start = plan.window_start[n + 1] if n + 1 < plan.num_iterations else plan.num_frames
+            for index in range(min(next_start, done)):
+                frames[index] = None

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from msc_core.config import Config
+from msc_core.interfaces import LatentSpec
+from msc_core.latents import LatentNormalization
 
 
 class NovaConfig(Config):
@@ -45,7 +47,9 @@ class NovaConfig(Config):
     noise_schedule: Literal["linear", "cosine"] = "cosine"
     sampling_diffusion_steps: int = Field(default=100, ge=1)
     clip_denoised: float | None = Field(
-        default=1.0, gt=0.0, description="clamp x0 estimates to [-c, c] while sampling (pixels: 1; None: off)"
+        default=1.0, gt=0.0,
+        description="clamp x0 estimates to [-c, c] while sampling; default 1 for pixel grids, None (off) for "
+        "latents (layout='tokens' or a tokenizer_path)",
     )
 
     # set-by-set masking (§4.1): truncated normal N(1, std) on [mask_ratio_min, 1]
@@ -62,6 +66,27 @@ class NovaConfig(Config):
     fps_scale: float = Field(default=30.0, gt=0.0, description="fps is divided by this")
     default_motion: float = Field(default=2.0, ge=0.0, description="motion score when none is given")
     default_fps: float = Field(default=8.0, gt=0.0, description="fps when none is given")
+
+    # latent models (NOVA §3: the generator models a 3D VAE's normalised latents)
+    tokenizer_path: str | None = Field(
+        default=None, description="the frozen tokenizer whose latents the model generates (the training service "
+        "encodes clips with it, VideoPipeline decodes with it); None: pixels or caller-supplied latents",
+    )
+    latent_normalization: LatentNormalization | None = Field(
+        default=None, description="per-channel shift/scale of the tokenizer's latents (measured on the training data)"
+    )
+    clamp_latents: bool = Field(
+        default=False, description="clamp latent x0 estimates to latent_normalization.bound (measured) when sampling"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _latent_default_clamp(cls, data: Any) -> Any:
+        # pixels in [-1, 1] are clamped by default; latents never are, unless a measured bound is asked for
+        if isinstance(data, dict) and "clip_denoised" not in data:
+            if data.get("layout") == "tokens" or data.get("tokenizer_path") is not None:
+                return {**data, "clip_denoised": None}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "NovaConfig":
@@ -87,9 +112,37 @@ class NovaConfig(Config):
                 raise ValueError(
                     f"sample_size={self.sample_size} must be positive multiples of patch_size={self.patch_size}"
                 )
+        latent = self.layout == "tokens" or self.tokenizer_path is not None
+        if latent and self.clip_denoised is not None:
+            raise ValueError(
+                f"clip_denoised={self.clip_denoised} would clamp latents as if they were pixels; latent models use "
+                "clamp_latents (the bound measured from the data) or no clamping"
+            )
+        if self.clamp_latents and (self.latent_normalization is None or self.latent_normalization.bound is None):
+            raise ValueError("clamp_latents needs latent_normalization with a measured bound")
         if self.text_encoder == "hf" and not self.text_encoder_path:
             raise ValueError("text_encoder='hf' needs text_encoder_path (a local Hugging Face model directory)")
         return self
+
+    def check_latent_space(self, spec: LatentSpec) -> None:
+        """Refuse a tokenizer whose latents this model cannot read, naming both sides."""
+        if spec.layout != self.layout:
+            raise ValueError(f"the tokenizer makes {spec.layout} latents, the model reads layout={self.layout!r}")
+        if spec.channels != self.in_channels:
+            raise ValueError(f"the tokenizer's latents have {spec.channels} channels, the model reads in_channels={self.in_channels}")
+        if spec.layout == "tokens" and spec.tokens_per_frame != self.tokens_per_frame:
+            raise ValueError(
+                f"the tokenizer makes {spec.tokens_per_frame} tokens per frame, the model reads "
+                f"tokens_per_frame={self.tokens_per_frame}"
+            )
+
+    @property
+    def x0_clamp(self) -> float | None:
+        """The bound sampling clamps x0 estimates to: `clip_denoised` (pixels), the measured
+        latent bound with `clamp_latents`, else None."""
+        if self.clamp_latents:
+            return self.latent_normalization.bound
+        return self.clip_denoised
 
     @property
     def token_dim(self) -> int:

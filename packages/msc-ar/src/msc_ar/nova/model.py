@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from msc_core.interfaces import GenerationRequest
+from msc_core.interfaces import GenerationRequest, LatentSpec
 from msc_core.transformer import frame_index_embedding, patchify, spatial_sincos_embedding, unpatchify
 
 from msc_ar.nova.config import NovaConfig
@@ -390,7 +390,7 @@ class NOVA(nn.Module):
             z_uncond = z[B:][to_predict] if doubled else None
             scale = guidance_at(guidance_scale, L, masked_after)
             tokens[to_predict] = self.head.sample(
-                z[:B][to_predict], diffusion_steps, temperature, scale, z_uncond, generator, self.config.clip_denoised
+                z[:B][to_predict], diffusion_steps, temperature, scale, z_uncond, generator, self.config.x0_clamp
             ).to(tokens.dtype)
             mask = next_mask
         return tokens
@@ -497,3 +497,22 @@ class NOVA(nn.Module):
         """
         frames = list(self.iter_frames(request, motion, fps, diffusion_steps, use_cache))
         return self.from_tokens(torch.stack(frames, dim=1), self._request_grid(request))
+
+    def check_latent_space(self, spec: LatentSpec) -> None:
+        """Refuse a tokenizer whose latents this model cannot read (`NovaConfig.check_latent_space`)."""
+        self.config.check_latent_space(spec)
+
+    def generate_frames(
+        self,
+        request: GenerationRequest,
+        motion: float | torch.Tensor | None = None,
+        fps: float | torch.Tensor | None = None,
+        diffusion_steps: int | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """The frames of `generate(request)` one at a time, each as soon as it is sampled, in
+        the model's layout without the frame axis: `(B, C, H, W)` or `(B, L, D)`."""
+        grid = self._request_grid(request)
+        frame_dim = 2 if self.config.layout == "grid" else 1
+        for tokens in self.iter_frames(request, motion, fps, diffusion_steps, use_cache):
+            yield self.from_tokens(tokens[:, None], grid).select(frame_dim, 0)
