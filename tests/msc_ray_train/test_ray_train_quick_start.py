@@ -40,6 +40,7 @@ def test_quick_start_as_written_trains_samples_and_writes_every_file_under_the_r
     ray_tmp = Path(tempfile.mkdtemp(prefix="msc-ray-", dir="/tmp"))  # short: Ray's unix sockets live there
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_ENABLE_UV_RUN_RUNTIME_ENV", None)  # msc's own default, also under `uv run pytest`
     command = [str(Path(sys.executable).parent / "msc"), "demo", "--out", "demo-out", "--steps", "10"]
     result = subprocess.run(command, cwd=user_dir, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -44,12 +44,16 @@ from msc_ray_train.train_loop import EVENTS_FILE, METRICS_FILE, read_metrics, tr
 logger = logging.getLogger("msc_ray_train")
 
 # Defaults for runs started from this process (a user's own settings win): no usage
-# reporting, no token auth on a private local cluster, and a 0.2 s controller poll
-# instead of 2 s (each report otherwise waits for the next poll).
+# reporting, no token auth on a private local cluster, a 0.2 s controller poll instead
+# of 2 s (each report otherwise waits for the next poll), and workers in the Python
+# environment Ray runs in: Ray would otherwise start every worker with `uv run` when an
+# ancestor of the driver is `uv run` (`uv run msc ...`, `uv run pytest`), in the driver's
+# working directory, which fails outside the project ("No module named 'ray'").
 RAY_ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
 }
 # Only for a cluster this process starts itself: nothing can be preempted there.
 LOCAL_RAY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
