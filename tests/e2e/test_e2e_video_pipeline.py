@@ -151,3 +151,31 @@ def test_onnx_decoder_decodes_as_pytorch(tmp_path) -> None:
     assert (onnx_pipeline(request) - torch_pipeline(request)).abs().max() <= 1e-4
     streamed = torch.stack(list(onnx_pipeline.stream(request)), dim=2)
     assert (streamed - torch_pipeline(request)).abs().max() <= 1e-4
+
+
+def test_a_cascade_refiner_decodes_the_generated_base_latents(tmp_path) -> None:
+    from msc_cascade.cascade_model import CascadeConfig, CascadeModel
+    from msc_core.checkpoint import save_pretrained
+
+    tokenizer = vae_tokenizer()
+    vae_dir = save_pretrained(tokenizer, tmp_path / "vae")
+    torch.manual_seed(5)  # super-resolution: the generator's 2x2 base latents -> 8x8 latents, 64x64 video
+    cascade = CascadeModel(CascadeConfig(
+        mode="sr", vae_path=str(vae_dir), sample_steps=2, num_frames=5, height=64, width=64,
+        dit=dict(latent_channels=4, dim=32, depth=2, num_heads=2, window=2, chunk=2, timestep_frequency_dim=32),
+    ))
+    perturb_parameters(cascade.dit, seed=6, scale=0.2)
+    norm = normalization_for("grid", 4)
+    pipeline = VideoPipeline(ardiffusion_on("grid"), tokenizer, norm, refiner=cascade.eval())
+    request = request_for("ardiffusion-vae3d", 5)
+    video = pipeline(request)
+    assert video.shape == (1, 3, 5, 64, 64)
+    with torch.no_grad():  # by hand: generate base latents, map them back, refine with the seed, decode
+        base = norm.denormalize(pipeline.generator.generate(pipeline.latent_request(request)))
+        refined = cascade.refine(base, generator=torch.Generator().manual_seed(request.seed))
+        expected = tokenizer.decode_chunked(refined, 1).clamp(-1, 1)
+    assert (video - expected).abs().max() <= 1e-5
+    loaded = VideoPipeline.from_pretrained(pipeline.save_pretrained(tmp_path / "pipe"))
+    assert loaded.refiner is not None and torch.equal(loaded(request), video)
+    with pytest.raises(ValueError, match="a cascade refiner needs whole windows"):
+        next(pipeline.stream(request))

@@ -35,6 +35,7 @@ from msc_core.config import Config
 from msc_core.diffusion import ddim_timestep_grid
 from msc_core.interfaces import LatentSpec
 from msc_core.runtime import resolve_device
+from msc_core.validation import check_tensor, check_values
 from msc_tokenizers.spatial_tiling import tile_starts, tiled_map
 
 # (done, total) work units: DDIM steps of all pieces, then VAE tiles
@@ -101,6 +102,7 @@ class CascadeDecodePipeline:
                 f"VAE encoder; {type(self).__name__} has none: decode with CascadeDecoder (PyTorch)"
             )
         size = self.target_size(base_latents)
+        check_values("base_latents", base_latents)
         return upsample_base_latent(base_latents.to(self.device, torch.float32) * self.config.latent_scale, size)
 
     def decode_latent_tile(self, latents: torch.Tensor) -> torch.Tensor:
@@ -226,6 +228,7 @@ class CascadeDecoder(CascadeDecodePipeline):
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """VAE latents of a video `[B, 3, 1 + tc k, H, W]` in [-1, 1] (the base for `decode`)."""
+        check_tensor("video", video, pixels=True)  # before the cast: a uint8 video is refused, not read as 0..255
         return self.model.vae.encode(video.to(self.device, torch.float32))
 
     @torch.no_grad()

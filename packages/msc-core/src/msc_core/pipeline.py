@@ -202,14 +202,16 @@ class VideoPipeline:
         with torch.no_grad():
             return self.tokenizer.decode_chunk(latents.float(), cache)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, seed: int | None = None) -> torch.Tensor:
         """Generated (normalised) latents -> video `[B, 3, T, H, W]` in [-1, 1], refined first when
-        the pipeline has a refiner, decoded one latent frame at a time through the causal
-        chunk cache (the memory of a decode does not grow with its length; `stream` decodes
-        the same way, so both give the same frames)."""
+        the pipeline has a refiner (its noise drawn from `seed`), decoded one latent frame at
+        a time through the causal chunk cache (the memory of a decode does not grow with its
+        length; `stream` decodes the same way, so both give the same frames)."""
         latents = self.denormalize(latents)
         if self.refiner is not None:
-            latents = self.refiner.refine(latents)
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            with torch.no_grad():
+                latents = self.refiner.refine(latents, generator=generator)
         axis = _frame_axis(self.latent_spec.layout)
         cache, pieces = None, []
         for frame in latents.split(1, dim=axis):
@@ -222,7 +224,7 @@ class VideoPipeline:
     def __call__(self, request: GenerationRequest) -> torch.Tensor:
         """The video `[B, 3, T, H, W]` in [-1, 1] of `request` (frames counted in video frames)."""
         latents = self.generator.generate(self.latent_request(request))
-        return self.decode(latents)
+        return self.decode(latents, seed=request.seed)
 
     def stream(
         self, request: GenerationRequest, on_latent_frame: Callable[[int], None] | None = None

@@ -52,7 +52,9 @@ def tokenizer_config(config: Any) -> Config:
     try:
         files = resolve_pretrained(config.tokenizer_path)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"model.tokenizer_path: {err}") from None
+        raise FileNotFoundError(
+            f"model.tokenizer_path: {err} (train the tokenizer first, e.g. msc train vae3d / msc train arvae)"
+        ) from None
     cls = load_registered("tokenizer", read_config_kind(files.config))
     return cls.config_class.load(files.config)
 
