@@ -44,6 +44,7 @@ from msc_core.checkpoint import from_pretrained
 from msc_core.config import Config
 from msc_core.diffusion import BETA_SCHEDULES, ddim_timestep_grid, make_alphas_cumprod, q_sample
 from msc_core.interfaces import LatentSpec
+from msc_core.validation import check_positive_int, check_tensor, check_values, check_video, trusted_inputs
 from msc_tokenizers import CausalVAE3D
 
 # -----------------------------------------------------------------------------
@@ -105,6 +106,7 @@ class CascadeConfig(Config):
 
 def cascade_target_size(config: CascadeConfig, spec: LatentSpec, base_latents: torch.Tensor) -> tuple[int, int, int]:
     """`(T, H, W)` of the target latent for base latents `[B, C, t, h, w]`, after checking them."""
+    check_tensor("base_latents", base_latents, floating=False, allow_empty=True)
     if base_latents.ndim != 5 or base_latents.shape[1] != spec.channels:
         raise ValueError(f"base latents must be [B, {spec.channels}, t, h, w], got {tuple(base_latents.shape)}")
     size = target_latent_size(config.mode, config.factor, tuple(base_latents.shape[2:]))
@@ -228,15 +230,18 @@ class CascadeModel(nn.Module):
         return small.reshape(B, T, C, H // f, W // f).transpose(1, 2)
 
     def _check_training_video(self, video: torch.Tensor) -> None:
+        check_tensor("video", video, floating=False, allow_empty=True)
         if video.ndim != 5 or video.shape[1] != self.vae.config.in_channels:
             raise ValueError(f"video must be [B, {self.vae.config.in_channels}, T, H, W], got {tuple(video.shape)}")
         self.check_video_shape(*video.shape[2:])
+        check_video("video", video)
 
     @torch.no_grad()
     def encode_pair(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(target latents, base latents) of a clip `[B, 3, N, H, W]` in [-1, 1] (VAE posterior means)."""
         self._check_training_video(video)
-        return self.vae.encode(video), self.vae.encode(self.base_video(video))
+        with trusted_inputs():  # checked above; bicubic downsizing may overshoot [-1, 1] a little
+            return self.vae.encode(video), self.vae.encode(self.base_video(video))
 
     # --- denoising ----------------------------------------------------------------------
 
@@ -258,14 +263,18 @@ class CascadeModel(nn.Module):
 
     @torch.no_grad()
     def condition(self, base_latents: torch.Tensor) -> torch.Tensor:
-        """The DiT's condition `base_up` (scaled latent space, target size) of unscaled base latents."""
+        """The DiT's condition `base_up` (scaled latent space, target size) of unscaled base latents.
+
+        `base_latents`: a floating `[B, C, t, h, w]`, finite (another float dtype is cast to float32)."""
         size = self.target_size(base_latents)
+        check_values("base_latents", base_latents)
         scale = self.config.latent_scale
         base = base_latents.to(self.device, torch.float32)
         if self.config.conditioning == "latent":
             return upsample_base_latent(base * scale, size)
-        video = self.upsample_base_video(self.vae.decode(base).clamp(-1, 1))
-        return self.vae.encode(video) * scale
+        with trusted_inputs():  # checked above; the VAE's own output in between
+            video = self.upsample_base_video(self.vae.decode(base).clamp(-1, 1))
+            return self.vae.encode(video) * scale
 
     def denoise_step(self, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
         """One DDIM step in the scaled latent space (the graph `onnx_export` exports)."""
@@ -273,6 +282,10 @@ class CascadeModel(nn.Module):
                                  self.config.residual)
 
     def timestep_grid(self, steps: int | None = None) -> torch.Tensor:
+        """DDIM grid of `steps` (1..num_timesteps; None: `sample_steps`; 0 is refused, not the default)."""
+        steps = check_positive_int("steps", steps)
+        if steps is not None and steps > self.config.num_timesteps:
+            raise ValueError(f"steps={steps} exceeds the model's num_timesteps={self.config.num_timesteps}")
         return ddim_timestep_grid(self.config.num_timesteps, steps or self.config.sample_steps)
 
     @torch.no_grad()
@@ -288,10 +301,18 @@ class CascadeModel(nn.Module):
         `noise` (scaled-latent space, target shape) overrides drawing it from `generator`.
         """
         scale = self.config.latent_scale
+        grid = self.timestep_grid(steps)
         base_up = self.condition(base_latents)
         if noise is None:
             noise = initial_noise(tuple(base_up.shape), generator, base_up.device, base_up.dtype)
-        x = ddim_refine(self.denoise_step, base_up, noise.to(base_up), self.timestep_grid(steps))
+        else:
+            check_values("noise", noise)
+            if tuple(noise.shape) != tuple(base_up.shape):
+                raise ValueError(
+                    f"noise must have the target latents' shape {tuple(base_up.shape)} (for base_latents "
+                    f"{tuple(base_latents.shape)}), got {tuple(noise.shape)}"
+                )
+        x = ddim_refine(self.denoise_step, base_up, noise.to(base_up), grid)
         return x / scale
 
     # --- training -----------------------------------------------------------------------
@@ -301,7 +322,7 @@ class CascadeModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Named losses; `"loss"` is the scalar to optimise.
 
-        `batch`: `"video"` `[B, 3, N, H, W]` in [-1, 1], or precomputed `"latents"` (target)
+        `batch`: `"video"` `[B, 3, N, H, W]`, floating in [-1, 1], or precomputed `"latents"` (target)
         and `"base_latents"` (unscaled VAE latents, e.g. from a latent cache), optionally with
         `"condition_latents"` = `condition(base_latents) / latent_scale` (saves pixel
         conditioning's VAE decode + encode per step). One
@@ -310,6 +331,8 @@ class CascadeModel(nn.Module):
         if "video" in batch:
             target, base = self.encode_pair(batch["video"].to(self.device))
         elif "latents" in batch and "base_latents" in batch:
+            for key in ("latents", "base_latents"):
+                check_tensor(f"batch[{key!r}]", batch[key], floating=False, allow_empty=True)
             target, base = batch["latents"].to(self.device), batch["base_latents"].to(self.device)
             expected = self.target_size(base)
             if tuple(target.shape[2:]) != expected or target.shape[:2] != base.shape[:2]:
@@ -317,16 +340,22 @@ class CascadeModel(nn.Module):
                     f"latents {tuple(target.shape)} do not match base_latents {tuple(base.shape)}: "
                     f"{self.config.mode} mode expects target frames/size {expected}"
                 )
+            check_values("batch['latents']", target)
+            check_values("batch['base_latents']", base)
         else:
             raise ValueError(f"batch must hold 'video', or 'latents' and 'base_latents'; got keys {sorted(batch)}")
         scale = self.config.latent_scale
         x0 = target.float() * scale
         if "condition_latents" in batch:  # precomputed `condition(base) / latent_scale` (a cache)
-            base_up = batch["condition_latents"].to(self.device).float() * scale
+            given = batch["condition_latents"]
+            check_tensor("batch['condition_latents']", given, floating=False, allow_empty=True)
+            base_up = given.to(self.device).float() * scale
             if base_up.shape != x0.shape:
                 raise ValueError(f"condition_latents {tuple(base_up.shape)} must have the latents' shape {tuple(x0.shape)}")
+            check_values("batch['condition_latents']", given)
         else:
-            base_up = self.condition(base)
+            with trusted_inputs():  # base latents checked above, or the VAE's own
+                base_up = self.condition(base)
         B = x0.shape[0]
         gen_device = generator.device if generator is not None else x0.device
         t = torch.randint(0, self.config.num_timesteps, (B,), generator=generator, device=gen_device).to(x0.device)

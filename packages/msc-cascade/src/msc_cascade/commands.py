@@ -41,6 +41,8 @@ from msc_core.cli import (
     add_progress_flag,
     add_subcommand,
     add_threads_flag,
+    non_negative_float,
+    non_negative_int,
     positive_int,
     set_threads,
 )
@@ -64,8 +66,8 @@ def _configure_cascade(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--mode", choices=("sr", "fps"), help="must match the model (default: the model's)")
     up.add_argument("--vae-path", type=Path, help="override the VAE directory recorded in the model")
     up.add_argument("--steps", type=positive_int, help="DDIM steps (default: the model's sample_steps)")
-    up.add_argument("--seed", type=int, default=0)
-    up.add_argument("--temperature", type=float, default=1.0,
+    up.add_argument("--seed", type=non_negative_int, default=0)
+    up.add_argument("--temperature", type=non_negative_float, default=1.0,
                     help="initial noise scale: 1 samples detail, 0 decodes deterministically (closest to the mean)")
     up.add_argument("--window-frames", type=positive_int, help="latent frames per temporal window (default: whole clip)")
     up.add_argument("--tile-size", type=positive_int, help="latent rows/cols per spatial tile (default: whole frame)")
@@ -176,11 +178,30 @@ def _describe(report: Any) -> dict:
     return out
 
 
+MIN_OPSET = 18  # torch.onnx's dynamo exporter writes opset 18 or newer
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter would not write (it writes 18 for 5, stamped 5)."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"--opset {opset}: the exporter writes ONNX opsets {MIN_OPSET} to {newest}; use one of those")
+
+
 def export(args: argparse.Namespace) -> int:
     """Run `msc export ...` (parsed arguments)."""
     set_threads(args.threads)
     for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # what the user named is checked before the onnx extra is needed
+    if args.export_command == "check" and not Path(args.file).is_file():
+        raise FileNotFoundError(f"ONNX file not found: {args.file}")
+    if args.export_command != "check":
+        from msc_core.checkpoint import resolve_pretrained
+
+        resolve_pretrained(args.model)
     from msc_cascade.cascade_decoder import load_cascade
     from msc_cascade.onnx_export import (
         DEFAULT_OPSET,
@@ -196,6 +217,8 @@ def export(args: argparse.Namespace) -> int:
     from msc_tokenizers import ARVAE, CausalVAE3D
 
     opset = args.opset or DEFAULT_OPSET
+    if args.export_command != "check":
+        check_opset(opset)
     if args.export_command == "cascade":
         model = load_cascade(args.model, vae_path=args.vae_path)
         reports = export_cascade(model, args.out, opset)

@@ -30,7 +30,10 @@ Runner: `OnnxCascadeDecoder` reproduces `CascadeDecoder.decode` (same loop:
 `cascade_decoder.CascadeDecodePipeline`) with providers CUDA then CPU, logs when CUDA
 was requested but is not used, and with `verify=` checks parity against PyTorch before
 it is used. A corrupt, foreign or mismatched file raises `OnnxModelError` naming the file
-and what was expected.
+and what was expected; so does a file whose `msc.*` metadata lacks a key its runner
+needs (`REQUIRED_METADATA`). Runner inputs follow `msc_core.validation`: floating (another
+float dtype is cast to float32), finite, the graph's layout and no zero-sized axis, checked
+before ONNX Runtime sees them (a `ValueError` naming the argument and the file).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from msc_cascade.cascade_sampling import cascade_ddim_step
 from msc_core.checkpoint import atomic_write_bytes
 from msc_core.cli import CommandFailed
 from msc_core.interfaces import LatentSpec
+from msc_core.validation import check_finite, check_positive_int, check_tensor
 from msc_tokenizers import ARVAE, CausalVAE3D
 
 logger = logging.getLogger(__name__)
@@ -69,6 +73,14 @@ GRAPH_DESCRIPTIONS = {
     ARVAE_DECODER: "the ARVAE decoder graph (msc export arvae)",
     CASCADE_STEP: "the cascade denoising step graph (msc export cascade)",
 }
+# the `msc.*` metadata each runner reads (besides `msc.graph`)
+REQUIRED_METADATA: dict[str, tuple[str, ...]] = {
+    VAE_DECODER: ("msc.latent_spec", "msc.cache"),
+    ARVAE_DECODER: ("msc.latent_spec", "msc.cache"),
+    CASCADE_STEP: ("msc.config", "msc.latent_spec"),
+}
+VAE_CACHE_FIELDS = ("channels", "frames", "height_scale", "width_scale")
+ARVAE_CACHE_FIELDS = ("layers", "heads", "head_dim", "tokens_per_frame")
 
 
 class OnnxModelError(ValueError):
@@ -408,7 +420,72 @@ def read_graph_metadata(path: str | Path, expected: str) -> dict[str, str]:
         raise OnnxModelError(f"{path} has no '{GRAPH_KEY}' metadata, so it was not written by msc export; expected {what}")
     if found != expected:
         raise OnnxModelError(f"{path} holds a {found!r} graph, expected {expected!r}: {what}")
+    missing = [key for key in REQUIRED_METADATA[expected] if key not in metadata]
+    if missing:
+        raise OnnxModelError(
+            f"{path} lacks the metadata {', '.join(repr(k) for k in missing)} that its runner needs "
+            f"(found {', '.join(sorted(metadata))}); re-export {what}"
+        )
     return metadata
+
+
+def parse_metadata(path: Path, metadata: dict[str, str], key: str, parse: Any) -> Any:
+    """`parse(metadata[key])`, or an `OnnxModelError` naming the file and the key."""
+    try:
+        return parse(metadata[key])
+    except (ValueError, TypeError, KeyError) as err:  # JSON and config errors are ValueErrors
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise OnnxModelError(f"{path}: metadata {key!r} cannot be read ({detail})") from None
+
+
+def _int_fields(path: Path, key: str, entry: Any, fields: tuple[str, ...], minimum: int = 1) -> dict[str, int]:
+    """`entry` as a dict of the integer `fields` (each >= minimum), or an `OnnxModelError`."""
+    if not isinstance(entry, dict):
+        raise OnnxModelError(f"{path}: metadata {key!r} must hold objects with {', '.join(fields)}, got {entry!r}")
+    missing = [f for f in fields if f not in entry]
+    bad = [f for f in fields if f in entry and (isinstance(entry[f], bool) or not isinstance(entry[f], int)
+                                                 or entry[f] < minimum)]
+    if missing or bad:
+        problem = f"lacks {', '.join(missing)}" if missing else f"has invalid {', '.join(f'{f}={entry[f]!r}' for f in bad)}"
+        raise OnnxModelError(f"{path}: metadata {key!r} {problem} (integers >= {minimum}: {', '.join(fields)})")
+    return {f: entry[f] for f in fields}
+
+
+def _runner_array(
+    path: Path, name: str, x: Any, layout: str, shape: Sequence[int | None], allow_empty: bool = False
+) -> np.ndarray:
+    """A runner input as a C-contiguous float32 array, after the input contract of
+    `msc_core.validation` (a floating, finite tensor or array of `shape`, no zero-sized axis);
+    a `ValueError` naming `name` and the file otherwise."""
+    try:
+        if isinstance(x, torch.Tensor):
+            check_tensor(name, x, allow_empty=True)  # floating, named as torch's dtype
+            x = x.detach().float().cpu().numpy()  # numpy has no bfloat16
+        elif not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        check_tensor(name, x, shape=shape, layout=layout, allow_empty=allow_empty)
+        check_finite(name, x)
+    except ValueError as err:
+        raise ValueError(f"{err} (input of {path})") from None
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _run(session: Any, path: Path, names: Sequence[str], feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """`session.run` on checked inputs; an ONNX Runtime failure means the graph does not match
+    its metadata, raised as an `OnnxModelError` naming the file and the input shapes."""
+    try:
+        return session.run(None, dict(zip(names, feeds)))
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        shapes = ", ".join(f"{n} {tuple(f.shape)}" for n, f in zip(names, feeds))
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise OnnxModelError(f"ONNX Runtime cannot run {path} on {shapes} ({detail})") from None
+
+
+def _check_input_count(path: Path, session: Any, expected: int, what: str) -> list[str]:
+    names = [i.name for i in session.get_inputs()]
+    if len(names) != expected:
+        raise OnnxModelError(f"{path} has {len(names)} inputs but its metadata describes {expected} ({what})")
+    return names
 
 
 def resolve_providers(requested: Sequence[str] | None, what: str) -> list[str]:
@@ -465,13 +542,36 @@ class OnnxVAEDecoder:
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
         self.session, metadata = open_session(self.path, VAE_DECODER, providers, threads)
-        self.latent_spec = LatentSpec.from_json(metadata["msc.latent_spec"])
-        self.cache_spec = json.loads(metadata["msc.cache"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.latent_spec = parse_metadata(self.path, metadata, "msc.latent_spec", LatentSpec.from_json)
+        spec = parse_metadata(self.path, metadata, "msc.cache", json.loads)
+        if not isinstance(spec, list):
+            raise OnnxModelError(f"{self.path}: metadata 'msc.cache' must be a list (one entry per cache tensor), got {spec!r}")
+        self.cache_spec = [_int_fields(self.path, "msc.cache", entry, VAE_CACHE_FIELDS, minimum=0) for entry in spec]
+        self.input_names = _check_input_count(
+            self.path, self.session, 1 + len(self.cache_spec), "latents and one input per 'msc.cache' entry"
+        )
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
+
+    def _latents(self, latents: Any) -> np.ndarray:
+        C = self.latent_spec.channels
+        return _runner_array(self.path, "latents", latents, f"[B, {C}, T, h, w]", (None, C, None, None, None))
+
+    def _cache(self, cache: Sequence[Any], latents: np.ndarray) -> list[np.ndarray]:
+        """A cache from a previous call, checked against the metadata for these latents."""
+        if not isinstance(cache, (list, tuple)) or len(cache) != len(self.cache_spec):
+            got = f"{len(cache)} arrays" if isinstance(cache, (list, tuple)) else type(cache).__name__
+            raise ValueError(f"cache must be the {len(self.cache_spec)} arrays a previous call returned, got {got} "
+                             f"(input of {self.path})")
+        B, _, _, h, w = latents.shape
+        checked = []
+        for i, (state, c) in enumerate(zip(cache, self.cache_spec)):
+            shape = (B, c["channels"], c["frames"], h * c["height_scale"], w * c["width_scale"])
+            layout = f"{list(shape)} (for latents {list(latents.shape)})"
+            checked.append(_runner_array(self.path, f"cache[{i}]", state, layout, shape, allow_empty=True))
+        return checked
 
     def zero_cache(self, batch: int, height: int, width: int) -> list[np.ndarray]:
         """The cache of a clip start for latents of `height x width`."""
@@ -480,15 +580,10 @@ class OnnxVAEDecoder:
             for c in self.cache_spec
         ]
 
-    def _check(self, latents: np.ndarray) -> None:
-        C = self.latent_spec.channels
-        if latents.ndim != 5 or latents.shape[1] != C:
-            raise ValueError(f"latents must be [B, {C}, T, h, w] for {self.path}, got {tuple(latents.shape)}")
-
     def decode_step(self, latents: np.ndarray, cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """Raw chunk: `tc` frames per latent frame, and the next cache."""
-        self._check(latents)
-        outputs = self.session.run(None, dict(zip(self.input_names, [latents.astype(np.float32), *cache])))
+        z = self._latents(latents)
+        outputs = _run(self.session, self.path, self.input_names, [z, *self._cache(cache, z)])
         return outputs[0], outputs[1:]
 
     def decode_chunk(
@@ -497,21 +592,18 @@ class OnnxVAEDecoder:
         """The next latent frames of a clip -> their video frames and the next cache; `cache=None`
         starts a clip (and drops the `tc - 1` repeated copies of frame 0), as
         `CausalVAE3D.decode_chunk`."""
-        self._check(latents)
+        z = self._latents(latents)
         start = cache is None
         if start:
-            cache = self.zero_cache(latents.shape[0], latents.shape[3], latents.shape[4])
-        video, cache = self.decode_step(np.ascontiguousarray(latents), cache)
+            cache = self.zero_cache(z.shape[0], z.shape[3], z.shape[4])
+        video, cache = self.decode_step(z, cache)
         return (video[:, :, self.latent_spec.temporal_compression - 1:] if start else video), cache
 
     def decode(self, latents: torch.Tensor | np.ndarray, chunk_latent_frames: int | None = None) -> np.ndarray:
         """Latents `[B, C, T, h, w]` -> video `[B, 3, 1 + tc (T - 1), h s, w s]` (whole when no chunk size)."""
-        z = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)
-        self._check(z)
+        z = self._latents(latents)
         B, _, T, h, w = z.shape
-        if chunk_latent_frames is not None and chunk_latent_frames < 1:
-            raise ValueError(f"chunk_latent_frames must be >= 1, got {chunk_latent_frames}")
-        chunk = chunk_latent_frames or T
+        chunk = check_positive_int("chunk_latent_frames", chunk_latent_frames) or T
         cache, pieces = self.zero_cache(B, h, w), []
         for start in range(0, T, chunk):
             video, cache = self.decode_step(np.ascontiguousarray(z[:, :, start:start + chunk]), cache)
@@ -526,28 +618,52 @@ class OnnxARVAEDecoder:
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
         self.session, metadata = open_session(self.path, ARVAE_DECODER, providers, threads)
-        self.latent_spec = LatentSpec.from_json(metadata["msc.latent_spec"])
-        self.cache_spec = json.loads(metadata["msc.cache"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.latent_spec = parse_metadata(self.path, metadata, "msc.latent_spec", LatentSpec.from_json)
+        if self.latent_spec.layout != "tokens":
+            raise OnnxModelError(f"{self.path}: metadata 'msc.latent_spec' describes {self.latent_spec.layout} latents; "
+                                 "the ARVAE decoder reads tokens")
+        spec = parse_metadata(self.path, metadata, "msc.cache", json.loads)
+        self.cache_spec = _int_fields(self.path, "msc.cache", spec, ARVAE_CACHE_FIELDS)
+        self.input_names = _check_input_count(
+            self.path, self.session, 1 + 2 * self.cache_spec["layers"], "latents and a key and a value per layer"
+        )
+
+    def _latents(self, latents: Any) -> np.ndarray:
+        spec = self.latent_spec
+        L, D = spec.tokens_per_frame, spec.channels
+        return _runner_array(self.path, "latents", latents, f"[B, T, {L}, {D}]", (None, None, L, D))
 
     def decode_chunk(
         self, latents: np.ndarray, cache: list[np.ndarray] | None = None
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Next frames `[B, T, L, D]` of a clip -> video `[B, 3, T, H, W]` and the cache (None: clip start)."""
-        spec, c = self.latent_spec, self.cache_spec
-        if latents.ndim != 4 or latents.shape[2:] != (spec.tokens_per_frame, spec.channels):
-            raise ValueError(
-                f"latents must be [B, T, {spec.tokens_per_frame}, {spec.channels}] for {self.path}, got {tuple(latents.shape)}"
-            )
+        c = self.cache_spec
+        z = self._latents(latents)
+        B, n = z.shape[0], 2 * c["layers"]
         if cache is None:
-            empty = np.zeros((latents.shape[0], c["heads"], 0, c["head_dim"]), np.float32)
-            cache = [empty] * (2 * c["layers"])
-        outputs = self.session.run(None, dict(zip(self.input_names, [latents.astype(np.float32), *cache])))
+            cache = [np.zeros((B, c["heads"], 0, c["head_dim"]), np.float32)] * n
+        elif not isinstance(cache, (list, tuple)) or len(cache) != n:
+            got = f"{len(cache)} arrays" if isinstance(cache, (list, tuple)) else type(cache).__name__
+            raise ValueError(f"cache must be the {n} arrays a previous call returned, got {got} (input of {self.path})")
+        else:
+            shape = (B, c["heads"], None, c["head_dim"])
+            layout = f"[B={B}, {c['heads']}, P*{c['tokens_per_frame']}, {c['head_dim']}] (P past frames)"
+            checked: list[np.ndarray] = []
+            for i, state in enumerate(cache):
+                state = _runner_array(self.path, f"cache[{i}]", state, layout, shape, allow_empty=True)
+                if state.shape[2] % c["tokens_per_frame"] or (checked and state.shape != checked[0].shape):
+                    raise ValueError(
+                        f"cache[{i}] must be {layout}, the same for every entry, got shape {state.shape} "
+                        f"(input of {self.path})"
+                    )
+                checked.append(state)
+            cache = checked
+        outputs = _run(self.session, self.path, self.input_names, [z, *cache])
         return outputs[0], outputs[1:]
 
     def decode(self, latents: torch.Tensor | np.ndarray, chunk_frames: int | None = None) -> np.ndarray:
-        z = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents)
-        chunk = chunk_frames or z.shape[1]
+        z = self._latents(latents)
+        chunk = check_positive_int("chunk_frames", chunk_frames) or z.shape[1]
         cache, pieces = None, []
         for start in range(0, z.shape[1], chunk):
             video, cache = self.decode_chunk(np.ascontiguousarray(z[:, start:start + chunk]), cache)
@@ -575,7 +691,7 @@ class OnnxCascadeDecoder(CascadeDecodePipeline):
         directory = Path(directory)
         step_path = directory / CASCADE_STEP_FILE
         self.step_session, metadata = open_session(step_path, CASCADE_STEP, providers, threads)
-        config = CascadeConfig.from_json(metadata["msc.config"])
+        config = parse_metadata(step_path, metadata, "msc.config", CascadeConfig.from_json)
         if config.conditioning != "latent":
             raise OnnxModelError(
                 f"{step_path} is a cascade with conditioning={config.conditioning!r}, whose condition re-encodes "
@@ -583,7 +699,7 @@ class OnnxCascadeDecoder(CascadeDecodePipeline):
                 f"CascadeDecoder (PyTorch), or export a cascade trained with conditioning='latent'"
             )
         self.vae_decoder = OnnxVAEDecoder(directory / VAE_DECODER_FILE, providers, threads)
-        spec = LatentSpec.from_json(metadata["msc.latent_spec"])
+        spec = parse_metadata(step_path, metadata, "msc.latent_spec", LatentSpec.from_json)
         if spec != self.vae_decoder.latent_spec:
             raise OnnxModelError(
                 f"{step_path} works in latent space {spec.model_dump()} but {self.vae_decoder.path} decodes "
@@ -591,7 +707,7 @@ class OnnxCascadeDecoder(CascadeDecodePipeline):
             )
         super().__init__(config, spec, settings)
         self.step_path = step_path
-        self.step_inputs = [i.name for i in self.step_session.get_inputs()]
+        self.step_inputs = _check_input_count(step_path, self.step_session, 4, "x_t, base_up, t, t_next")
         self.parity_max_abs_err: float | None = None
         if verify is not None:
             reference = verify if isinstance(verify, CascadeModel) else load_cascade(verify)
@@ -603,9 +719,9 @@ class OnnxCascadeDecoder(CascadeDecodePipeline):
         return {CASCADE_STEP: self.step_session.get_providers()[0], VAE_DECODER: self.vae_decoder.provider}
 
     def denoise_step(self, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
-        feeds = [x_t.cpu().numpy().astype(np.float32), base_up.cpu().numpy().astype(np.float32),
+        feeds = [x_t.cpu().float().numpy(), base_up.cpu().float().numpy(),
                  t.cpu().numpy().astype(np.int64), t_next.cpu().numpy().astype(np.int64)]
-        (x_next,) = self.step_session.run(None, dict(zip(self.step_inputs, feeds)))
+        (x_next,) = _run(self.step_session, self.step_path, self.step_inputs, feeds)
         return torch.from_numpy(x_next).to(x_t.device)
 
     def decode_latent_tile(self, latents: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from torch import nn
 
 from msc_core.attention.masks import low_res_mask
 from msc_core.config import Config
+from msc_core.validation import check_finite, check_tensor, model_dtype, to_model_dtype
 
 
 class FrameCausalKVCache:
@@ -82,11 +83,18 @@ class FrameCausalAttention(nn.Module):
         cache: FrameCausalKVCache | None = None,
         update_cache: bool = False,
     ) -> torch.Tensor:
-        """`x`: `(B, T, H, W, C)` new frames; `noise` is ignored (no noise gates here)."""
+        """`x`: `(B, T, H, W, C)` new frames; `noise` is ignored (no noise gates here).
+
+        Floating `x` of another dtype than the parameters is cast to theirs (`msc_core.validation`).
+        """
+        check_tensor("x", x, floating=False, allow_empty=True)
         if x.ndim != 5 or x.shape[-1] != self.config.dim:
             raise ValueError(
                 f"x must be (B, T, H, W, C={self.config.dim}), got shape {tuple(x.shape)}"
             )
+        check_tensor("x", x)  # floating, no zero-sized axis
+        x = to_model_dtype("x", x, model_dtype(self))
+        check_finite("x", x)
         if update_cache and cache is None:
             raise ValueError("update_cache=True needs a cache (attention.new_cache())")
         B, T, H, W, C = x.shape

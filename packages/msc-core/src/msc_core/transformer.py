@@ -37,6 +37,7 @@ from msc_core.config import Config
 from msc_core.diffusion import timestep_embedding
 from msc_core.frame_causal_attention import FrameCausalAttention, FrameCausalAttentionConfig
 from msc_core.interfaces import num_patches
+from msc_core.validation import check_finite, check_tensor, check_timesteps, model_dtype, to_model_dtype, trusted_inputs
 
 # -----------------------------------------------------------------------------
 # pure functions
@@ -168,12 +169,18 @@ class MSCTransformerBlock(nn.Module):
             self.adaLN_modulation(c).chunk(6, dim=-1)  # 6 x (B, T, C)
         )
         gate_attn, gate_mlp = gate_attn[:, :, None, None, :], gate_mlp[:, :, None, None, :]
+        # activations and the model's own checked timesteps: the attention layer skips its
+        # value checks (one host sync each) here, also when a checkpointed block is recomputed
         if self.norm_kind == "pre":
             h = modulate(self.norm1(x), shift_attn, scale_attn)
-            x = x + gate_attn * self.attn(h, t, cache=cache, update_cache=update_cache)
+            with trusted_inputs():
+                h = self.attn(h, t, cache=cache, update_cache=update_cache)
+            x = x + gate_attn * h
             x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         else:
-            x = x + gate_attn * self.attn(x, t, cache=cache, update_cache=update_cache)
+            with trusted_inputs():
+                h = self.attn(x, t, cache=cache, update_cache=update_cache)
+            x = x + gate_attn * h
             x = modulate(self.norm1(x), shift_attn, scale_attn)
             x = x + gate_mlp * self.mlp(x)
             x = modulate(self.norm2(x), shift_mlp, scale_mlp)
@@ -238,6 +245,7 @@ class MSCTransformerConfig(Config):
     mlp_ratio: float = Field(4.0, gt=0)
     cond_dim: int | None = Field(None, gt=0, description="size of the global condition vector, if any")
     timestep_frequency_dim: int = Field(256, ge=2)
+    num_timesteps: int = Field(1000, ge=1, description="timesteps t must lie in [0, num_timesteps)")
     norm: Literal["pre", "post"] = "pre"
     attention: Literal["msc", "dense"] = "msc"
     gradient_checkpointing: bool = False
@@ -291,6 +299,7 @@ class MSCTransformerConfig(Config):
             temporal_window=self.temporal_window,
             pool=self.layer_pools()[layer],
             temporal_stride=self.temporal_stride,
+            num_timesteps=self.num_timesteps,
             backend=self.backend,
         )
 
@@ -377,9 +386,11 @@ class MSCTransformer(nn.Module):
         `update_cache=True` then appends their keys/values (do it with the clean frames).
         `frame_offset` is the absolute index of the first frame of `x` (default: the
         number of cached frames, or 0); only the frame-index embedding reads it.
+        `t` is integer or float, in `[0, config.num_timesteps)`. Floating `x` / `cond` of
+        another dtype than the parameters are cast to theirs (`msc_core.validation`).
         Returns `(B, out_channels, T, H, W)`.
         """
-        self._check_inputs(x, t, cond, cache, update_cache, frame_offset)
+        x, cond = self._check_inputs(x, t, cond, cache, update_cache, frame_offset)
         if frame_offset is None:
             frame_offset = 0 if cache is None else cache[0].num_frames
         t = t.to(torch.float32)  # integer or float timesteps; embedded sinusoidally
@@ -396,8 +407,11 @@ class MSCTransformer(nn.Module):
         cache: list[Any] | None,
         update_cache: bool,
         frame_offset: int | None,
-    ) -> None:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shapes, dtypes and values of the inputs; returns `x` and `cond` in the parameters' dtype."""
         cfg = self.config
+        check_tensor("x", x, floating=False, allow_empty=True)
+        check_tensor("t", t, floating=False, allow_empty=True)
         if x.ndim != 5 or x.shape[1] != cfg.in_channels:
             raise ValueError(
                 f"x must be (B, C={cfg.in_channels}, T, H, W), got shape {tuple(x.shape)}"
@@ -410,6 +424,7 @@ class MSCTransformer(nn.Module):
         if cond is not None:
             if cfg.cond_dim is None:
                 raise ValueError("cond was given but the model has cond_dim=None; set cond_dim in the config")
+            check_tensor("cond", cond, allow_empty=True)
             if cond.shape != (B, cfg.cond_dim):
                 raise ValueError(f"cond must be (B, cond_dim)=({B}, {cfg.cond_dim}), got shape {tuple(cond.shape)}")
         if update_cache and cache is None:
@@ -422,6 +437,15 @@ class MSCTransformer(nn.Module):
                 raise ValueError(f"cache layers hold different numbers of frames {sorted(counts)}; use a fresh cache")
         if frame_offset is not None and frame_offset < 0:
             raise ValueError(f"frame_offset must be >= 0, got {frame_offset}")
+        check_tensor("x", x)  # floating, no zero-sized axis
+        check_timesteps("t", t, cfg.num_timesteps, integer=False)
+        dtype = model_dtype(self)
+        x = to_model_dtype("x", x, dtype)
+        check_finite("x", x)
+        if cond is not None:
+            cond = to_model_dtype("cond", cond, dtype)
+            check_finite("cond", cond)
+        return x, cond
 
 
 # -----------------------------------------------------------------------------

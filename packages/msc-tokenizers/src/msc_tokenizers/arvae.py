@@ -22,6 +22,10 @@ TiTok extended to video with continuous latents:
 
 `decode_chunk` streams: its cache holds, per decoder layer, the keys and values of the
 latent tokens of past frames (an explicit tensor list, for ONNX export).
+
+Input contract (`msc_core.validation`): videos are floating tensors in [-1, 1] (a
+1e-3 tolerance), latents floating; both finite, without zero-sized axes, and cast to
+the parameters' dtype when of another float dtype; int / uint8 / bool are refused.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch import nn
 from msc_core.config import Config
 from msc_core.interfaces import LatentSpec, num_patches
 from msc_core.transformer import Mlp, patchify, spatial_sincos_embedding, unpatchify
+from msc_core.validation import check_tensor, check_values, check_video, model_dtype, to_model_dtype, trusted_inputs
 from msc_tokenizers.autoencoder_losses import AutoencoderLoss, AutoencoderLossConfig, sample_diagonal_gaussian
 
 # -----------------------------------------------------------------------------
@@ -330,8 +335,10 @@ class ARVAE(nn.Module):
 
     # --- checks and patches ---------------------------------------------------------
 
-    def _check_video(self, video: torch.Tensor) -> None:
+    def _check_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Layout, frame size and input contract; returns `video` in the parameters' dtype."""
         c = self.config
+        check_tensor("video", video, floating=False, allow_empty=True)
         if video.ndim != 5 or video.shape[1] != c.in_channels:
             raise ValueError(f"video must be [B, {c.in_channels}, T, H, W], got shape {tuple(video.shape)}")
         if tuple(video.shape[3:]) != tuple(c.frame_size):
@@ -340,19 +347,53 @@ class ARVAE(nn.Module):
                 f"frame_size {c.frame_size[0]}x{c.frame_size[1]}; resize the video or use a model "
                 "configured for that size"
             )
+        check_video("video", video)
+        return to_model_dtype("video", video, model_dtype(self))
 
-    def _check_latents(self, latents: torch.Tensor) -> None:
+    def _check_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Layout and input contract of latents; returns them in the parameters' dtype."""
         c = self.config
+        check_tensor("latents", latents, floating=False, allow_empty=True)
         if latents.ndim != 4 or latents.shape[2:] != (c.num_latent_tokens, c.latent_dim):
             raise ValueError(
                 f"latents must be [B, T, L={c.num_latent_tokens}, D={c.latent_dim}], got shape {tuple(latents.shape)}"
             )
+        check_values("latents", latents)
+        return to_model_dtype("latents", latents, model_dtype(self))
+
+    def _check_cache(self, cache: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
+        """A decoder cache from a previous call: `2 * decoder_depth` floating tensors
+        `(B, heads, P * L, head_dim)`, returned in the parameters' dtype."""
+        c = self.config
+        if not isinstance(cache, (list, tuple)):
+            raise ValueError(f"cache must be the list of tensors a previous call returned (or None), got {type(cache).__name__}")
+        if len(cache) != 2 * c.decoder_depth:
+            raise ValueError(f"ARVAE decoder cache must hold {2 * c.decoder_depth} tensors, got {len(cache)}")
+        dtype, head_dim, L = model_dtype(self), c.width // c.num_heads, c.num_latent_tokens
+        checked = []
+        for i, state in enumerate(cache):
+            check_tensor(f"cache[{i}]", state, allow_empty=True)
+            ok = state.ndim == 4 and (state.shape[0], state.shape[1], state.shape[3]) == (batch, c.num_heads, head_dim)
+            if ok and not torch.compiler.is_exporting():  # no guard on the traced cache length
+                ok = state.shape[2] % L == 0
+            if not ok:
+                raise ValueError(
+                    f"cache[{i}] must be [B={batch}, heads={c.num_heads}, P*{L}, head_dim={head_dim}] (P past "
+                    f"frames), got shape {tuple(state.shape)}: was it made for another batch or model?"
+                )
+            if i and state.shape != cache[0].shape:
+                raise ValueError(
+                    f"cache[{i}] has shape {tuple(state.shape)} but cache[0] {tuple(cache[0].shape)}: every layer "
+                    "holds the keys/values of the same past frames"
+                )
+            checked.append(to_model_dtype(f"cache[{i}]", state, dtype))
+        return checked
 
     # --- stages ---------------------------------------------------------------------
 
     def forward_encoder(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior `(mean, logvar)`, each `[B, T, L, D]`; every frame is encoded alone."""
-        self._check_video(video)
+        video = self._check_video(video)
         B, T = video.shape[0], video.shape[2]
         L = self.config.num_latent_tokens
         patches = patchify(video, self.config.patch_size).flatten(0, 1).flatten(1, 2)  # (B*T, N, p*p*C)
@@ -377,7 +418,7 @@ class ARVAE(nn.Module):
         `[k_0, v_0, k_1, v_1, ...]`: per decoder layer the latent-token keys and values of
         past frames, `(B, heads, P * L, head_dim)`.
         """
-        self._check_latents(latents)
+        latents = self._check_latents(latents)
         c = self.config
         B, T, L, _ = latents.shape
         N = self.patch_pos.shape[0]
@@ -385,8 +426,8 @@ class ARVAE(nn.Module):
         if cache is None:
             empty = latents.new_zeros(B, c.num_heads, 0, head_dim)
             cache = [empty] * (2 * c.decoder_depth)
-        elif len(cache) != 2 * c.decoder_depth:
-            raise ValueError(f"ARVAE decoder cache must hold {2 * c.decoder_depth} tensors, got {len(cache)}")
+        else:
+            cache = self._check_cache(cache, B)
         lat = self.from_latent(latents) + self.latent_pos  # (B, T, L, C)
         mask_tokens = (self.mask_token + self.patch_pos).expand(B, T, N, c.width)
         x = torch.cat([lat, mask_tokens], dim=2)  # (B, T, L + N, C)
@@ -425,13 +466,16 @@ class ARVAE(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Reconstruction from the posterior mean."""
-        return self.decode(self.encode(video))
+        latents = self.encode(video)
+        with trusted_inputs():
+            return self.decode(latents)
 
     def training_losses(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Named losses of `batch["video"]` `[B, 3, T, H, W]`; `"loss"` is the total."""
         if "video" not in batch:
             raise ValueError(f"batch must hold 'video'; got keys {sorted(batch)}")
-        video = batch["video"]
-        mean, logvar = self.forward_encoder(video)
-        recon = self.decode(sample_diagonal_gaussian(mean, logvar))
+        video = self._check_video(batch["video"])
+        with trusted_inputs():  # checked above; the decoder's latents are the encoder's
+            mean, logvar = self.forward_encoder(video)
+            recon = self.decode(sample_diagonal_gaussian(mean, logvar))
         return self.loss(video, recon, mean, logvar, last_layer=self.to_pixels.weight)

@@ -23,6 +23,10 @@ B-frames between P-frames). Design, chosen to train in minutes on a CPU:
   an ONNX export can carry the cache as graph inputs/outputs.
 - **Spatial tiling** with blended overlaps (`enable_tiling`) for large frames.
 - Diagonal Gaussian posterior with a KL term; losses in `autoencoder_losses`.
+
+Input contract (`msc_core.validation`): videos are floating tensors in [-1, 1] (a
+1e-3 tolerance), latents floating; both finite, without zero-sized axes, and cast to
+the parameters' dtype when of another float dtype; int / uint8 / bool are refused.
 """
 
 from __future__ import annotations
@@ -37,6 +41,15 @@ from torch import nn
 
 from msc_core.config import Config
 from msc_core.interfaces import LatentSpec
+from msc_core.validation import (
+    check_positive_int,
+    check_tensor,
+    check_values,
+    check_video,
+    model_dtype,
+    to_model_dtype,
+    trusted_inputs,
+)
 from msc_tokenizers.autoencoder_losses import AutoencoderLoss, AutoencoderLossConfig, sample_diagonal_gaussian
 from msc_tokenizers.spatial_tiling import tiled_map
 
@@ -362,8 +375,10 @@ class CausalVAE3D(nn.Module):
 
     # --- input checks and folding ---------------------------------------------------
 
-    def _check_video(self, video: torch.Tensor, first_chunk: bool = True) -> None:
+    def _check_video(self, video: torch.Tensor, first_chunk: bool = True) -> torch.Tensor:
+        """The layout and frame rule, then the input contract; returns `video` in the parameters' dtype."""
         c = self.config
+        check_tensor("video", video, floating=False, allow_empty=True)
         if video.ndim != 5 or video.shape[1] != c.in_channels:
             raise ValueError(f"video must be [B, {c.in_channels}, T, H, W], got shape {tuple(video.shape)}")
         B, _, T, H, W = video.shape
@@ -378,13 +393,33 @@ class CausalVAE3D(nn.Module):
                     f"a chunk after the first must have a multiple of {tc} frames, got {T}; nearest valid: {nearest}"
                 )
             self.latent_spec.latent_shape(B, 1, H, W)  # spatial divisibility
+        check_video("video", video)
+        return to_model_dtype("video", video, model_dtype(self))
 
-    def _check_latents(self, latents: torch.Tensor) -> None:
+    def _check_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Layout and input contract of latents; returns them in the parameters' dtype."""
         c = self.config
+        check_tensor("latents", latents, floating=False, allow_empty=True)
         if latents.ndim != 5 or latents.shape[1] != c.latent_channels:
             raise ValueError(
                 f"latents must be [B, {c.latent_channels}, T', h, w], got shape {tuple(latents.shape)}"
             )
+        check_values("latents", latents)
+        return to_model_dtype("latents", latents, model_dtype(self))
+
+    def _check_cache(self, cache: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
+        """A chunk cache from a previous call: a list of floating tensors, in the parameters' dtype
+        (shapes are checked against the network by `CausalConvCache`)."""
+        if cache is None:
+            return None
+        if not isinstance(cache, (list, tuple)):
+            raise ValueError(f"cache must be the list of tensors a previous chunk returned (or None), got {type(cache).__name__}")
+        dtype = model_dtype(self)
+        checked = []
+        for i, state in enumerate(cache):
+            check_tensor(f"cache[{i}]", state, allow_empty=True)
+            checked.append(to_model_dtype(f"cache[{i}]", state, dtype))
+        return checked
 
     def _fold(self, video: torch.Tensor, first_chunk: bool) -> torch.Tensor:
         """Video -> `(B, 3*tc*p*p, T', H/p, W/p)`; a first chunk gets frame 0 repeated in front."""
@@ -402,7 +437,7 @@ class CausalVAE3D(nn.Module):
 
     def encode_posterior(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior `(mean, logvar)`, each `[B, latent_channels, T', H/s, W/s]`."""
-        self._check_video(video)
+        video = self._check_video(video)
         s = self.config.spatial_compression
 
         def moments_of(tile: torch.Tensor) -> torch.Tensor:
@@ -421,7 +456,7 @@ class CausalVAE3D(nn.Module):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents `[B, C, T', h, w]` -> video `[B, 3, 1 + tc*(T'-1), h*s, w*s]` (not clamped)."""
-        self._check_latents(latents)
+        latents = self._check_latents(latents)
 
         def video_of(tile: torch.Tensor) -> torch.Tensor:
             return self._unfold(self.decoder(tile), first_chunk=True)
@@ -433,7 +468,9 @@ class CausalVAE3D(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Reconstruction from the posterior mean."""
-        return self.decode(self.encode(video))
+        latents = self.encode(video)
+        with trusted_inputs():
+            return self.decode(latents)
 
     # --- chunked (streaming) encode / decode -----------------------------------------
 
@@ -446,8 +483,8 @@ class CausalVAE3D(nn.Module):
         mean of the chunk's latent frames and the cache for the next chunk.
         """
         first = cache is None
-        self._check_video(video, first_chunk=first)
-        state = CausalConvCache(cache)
+        video = self._check_video(video, first_chunk=first)
+        state = CausalConvCache(self._check_cache(cache))
         moments = self.encoder(self._fold(video, first), state)
         return moments.chunk(2, dim=1)[0], state.finish()
 
@@ -459,8 +496,8 @@ class CausalVAE3D(nn.Module):
         `cache=None` equals `init_decode_cache(...)` (all zeros); the very first step's
         output then starts with `tc - 1` copies of frame 0, which the caller drops.
         """
-        self._check_latents(latents)
-        state = CausalConvCache(cache)
+        latents = self._check_latents(latents)
+        state = CausalConvCache(self._check_cache(cache))
         patches = self.decoder(latents, state)
         return self._unfold(patches, first_chunk=False), state.finish()
 
@@ -482,27 +519,28 @@ class CausalVAE3D(nn.Module):
 
     def encode_chunked(self, video: torch.Tensor, chunk_latent_frames: int = 1) -> torch.Tensor:
         """`encode` computed chunk by chunk: memory does not grow with clip length."""
-        if chunk_latent_frames < 1:
-            raise ValueError(f"chunk_latent_frames must be >= 1, got {chunk_latent_frames}")
-        self._check_video(video)
+        check_positive_int("chunk_latent_frames", chunk_latent_frames, allow_none=False)
+        video = self._check_video(video)
         tc = self.config.temporal_compression
         bounds = [0, 1 + tc * (chunk_latent_frames - 1)]
         while bounds[-1] < video.shape[2]:
             bounds.append(min(bounds[-1] + tc * chunk_latent_frames, video.shape[2]))
         cache, out = None, []
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            mean, cache = self.encode_chunk(video[:, :, start:stop], cache)
-            out.append(mean)
+        with trusted_inputs():  # chunks of the video checked above
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                mean, cache = self.encode_chunk(video[:, :, start:stop], cache)
+                out.append(mean)
         return torch.cat(out, dim=2)
 
     def decode_chunked(self, latents: torch.Tensor, chunk_latent_frames: int = 1) -> torch.Tensor:
         """`decode` computed chunk by chunk: memory does not grow with clip length."""
-        if chunk_latent_frames < 1:
-            raise ValueError(f"chunk_latent_frames must be >= 1, got {chunk_latent_frames}")
+        check_positive_int("chunk_latent_frames", chunk_latent_frames, allow_none=False)
+        latents = self._check_latents(latents)
         cache, out = None, []
-        for start in range(0, latents.shape[2], chunk_latent_frames):
-            frames, cache = self.decode_chunk(latents[:, :, start:start + chunk_latent_frames], cache)
-            out.append(frames)
+        with trusted_inputs():  # chunks of the latents checked above
+            for start in range(0, latents.shape[2], chunk_latent_frames):
+                frames, cache = self.decode_chunk(latents[:, :, start:start + chunk_latent_frames], cache)
+                out.append(frames)
         return torch.cat(out, dim=2)
 
     # --- spatial tiling ---------------------------------------------------------------
@@ -530,8 +568,7 @@ class CausalVAE3D(nn.Module):
         `"loss"` is the total. Tiling is not used in training."""
         if "video" not in batch:
             raise ValueError(f"batch must hold 'video'; got keys {sorted(batch)}")
-        video = batch["video"]
-        self._check_video(video)
+        video = self._check_video(batch["video"])
         moments = self.encoder(self._fold(video, first_chunk=True))
         mean, logvar = moments.chunk(2, dim=1)
         logvar = logvar.clamp(-30.0, 20.0)

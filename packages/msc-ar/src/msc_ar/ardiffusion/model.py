@@ -58,6 +58,16 @@ from msc_core.interfaces import GenerationRequest, LatentSpec
 from msc_core.latents import LatentNormalization
 from msc_core.transformer import PRESETS as TRANSFORMER_PRESETS
 from msc_core.transformer import MSCTransformer, MSCTransformerConfig
+from msc_core.validation import (
+    check_finite,
+    check_tensor,
+    check_timesteps,
+    check_values,
+    check_video,
+    model_dtype,
+    to_model_dtype,
+    trusted_inputs,
+)
 
 from msc_ar.ardiffusion import sampling
 from msc_ar.ardiffusion.timesteps import TimestepSamplerKind, sample_timesteps
@@ -130,9 +140,10 @@ class ARDiffusionDataConfig(Config):
 class ARDiffusionConfig(Config):
     """AR-Diffusion: data contract, backbone, diffusion and conditioning settings.
 
-    `transformer.in_channels` and `transformer.cond_dim` are derived when left out of a
-    dict/JSON config (from `data.channels`, and from the conditioning: the transformer
-    width for class labels, `text_embed_dim` for text); when given they must agree.
+    `transformer.in_channels`, `transformer.cond_dim` and `transformer.num_timesteps`
+    are derived when left out of a dict/JSON config (from `data.channels`, from the
+    conditioning: the transformer width for class labels, `text_embed_dim` for text, and
+    from `num_timesteps`); when given they must agree.
     """
 
     kind: Literal["ardiffusion"] = "ardiffusion"
@@ -168,6 +179,8 @@ class ARDiffusionConfig(Config):
         channels = source.get("channels") if isinstance(source, dict) else getattr(source, "channels", None)
         if "in_channels" not in transformer and channels is not None:
             transformer["in_channels"] = channels
+        if "num_timesteps" not in transformer:
+            transformer["num_timesteps"] = data.get("num_timesteps", cls.model_fields["num_timesteps"].default)
         if "cond_dim" not in transformer:
             if data.get("text_embed_dim") is not None:
                 transformer["cond_dim"] = data["text_embed_dim"]
@@ -191,6 +204,11 @@ class ARDiffusionConfig(Config):
                     f"data {name} {size} (grid {data.grid_size}) is not divisible by "
                     f"transformer.patch_size={tf.patch_size}"
                 )
+        if tf.num_timesteps != self.num_timesteps:
+            raise ValueError(
+                f"transformer.num_timesteps={tf.num_timesteps} must equal num_timesteps={self.num_timesteps} "
+                "(the backbone refuses timesteps outside it); leave it out to derive it"
+            )
         if self.num_classes is not None and self.text_embed_dim is not None:
             raise ValueError("choose one condition: num_classes or text_embed_dim, not both")
         if self.text_embed_dim is not None and tf.cond_dim != self.text_embed_dim:
@@ -387,18 +405,26 @@ class ARDiffusion(nn.Module):
 
     # -- layouts ----------------------------------------------------------------
 
-    def check_input(self, x: torch.Tensor, what: str = "x") -> None:
+    def check_input(self, x: torch.Tensor, what: str = "x", pixels: bool = False) -> torch.Tensor:
+        """`x` in the model layout, checked (shape, floating, no zero-sized axis, finite) and
+        cast to the parameters' dtype (`msc_core.validation`); `pixels`: also in [-1, 1]."""
         data = self.config.data
         expected = data.frame_shape()
+        check_tensor(what, x, floating=False, allow_empty=True)
         if data.input_layout == "grid":
             ok = x.ndim == 5 and (x.shape[1], x.shape[3], x.shape[4]) == expected
         else:
             ok = x.ndim == 4 and tuple(x.shape[2:]) == expected
-        if not ok or not x.is_floating_point():
+        if not ok:
             raise ValueError(
                 f"{what} must be a float tensor {data.describe_shape()} ({data.input_layout} layout), "
                 f"got {x.dtype} {tuple(x.shape)}"
             )
+        if pixels:
+            check_video(what, x)
+        else:
+            check_values(what, x, pixels=self.config.tokenizer_path is None)
+        return to_model_dtype(what, x, model_dtype(self))
 
     def to_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Model layout -> backbone grid `[B, C, T, H, W]` (token latents on `latent_grid`)."""
@@ -435,6 +461,8 @@ class ARDiffusion(nn.Module):
             return None
         given = labels if kind == "class" else text_embedding
         other = text_embedding if kind == "class" else labels
+        if given is not None:
+            check_tensor("labels" if kind == "class" else "text_embedding", given, floating=kind == "text")
         if other is not None:
             wrong = "text embeddings" if kind == "class" else "class labels"
             raise ValueError(f"this model is {kind}-conditional; it cannot take {wrong}")
@@ -453,6 +481,8 @@ class ARDiffusion(nn.Module):
             raise ValueError(
                 f"text_embedding must be [B, text_embed_dim={self.config.text_embed_dim}], got {tuple(given.shape)}"
             )
+        else:
+            check_finite("text_embedding", given)
         if batch_size is not None and given.shape[0] != batch_size:
             raise ValueError(f"condition has batch {given.shape[0]}, expected {batch_size}")
         return self.condition_embedder(given, drop)
@@ -475,23 +505,25 @@ class ARDiffusion(nn.Module):
     ) -> torch.Tensor:
         """Raw network output (in `config.prediction` terms) for noisy `x` at per-frame `t` `[B, T]`.
 
-        `x` in the model layout; `t` in `-1..T-1` (`-1` = clean, embedded at
-        `CLEAN_TIMESTEP`); `cond` from `embed_condition`. `cache` / `update_cache` /
-        `frame_offset`: see `MSCTransformer.forward` (the sampler passes window-relative
-        frame indices).
+        `x` in the model layout (floating; another float dtype is cast to the parameters');
+        `t` integers in `-1..T-1` (`-1` = clean, embedded at `CLEAN_TIMESTEP`); `cond` from
+        `embed_condition`. `cache` / `update_cache` / `frame_offset`: see
+        `MSCTransformer.forward` (the sampler passes window-relative frame indices).
         """
-        self.check_input(x)
+        x = self.check_input(x)
+        check_tensor("t", t, floating=False, allow_empty=True)
         if t.ndim != 2 or t.shape != (x.shape[0], x.shape[self.frame_dim]):
             raise ValueError(
                 f"t must be per-frame timesteps [B, T]=({x.shape[0]}, {x.shape[self.frame_dim]}), got {tuple(t.shape)}"
             )
-        low, high = (int(t.min()), int(t.max())) if t.numel() else (0, 0)
-        if t.is_floating_point() or low < -1 or high >= self.config.num_timesteps:
-            raise ValueError(
-                f"t must be integers in -1..{self.config.num_timesteps - 1} (-1 = clean), got {t.dtype} {low}..{high}"
-            )
+        check_timesteps("t", t, self.config.num_timesteps, allow_clean=True)
+        if cond is not None:
+            check_values("cond", cond)
         t_model = t.clamp(min=CLEAN_TIMESTEP)
-        out = self.backbone(self.to_grid(x), t_model, cond, cache=cache, update_cache=update_cache, frame_offset=frame_offset)
+        with trusted_inputs():  # checked above; the backbone and its layers skip the value checks
+            out = self.backbone(
+                self.to_grid(x), t_model, cond, cache=cache, update_cache=update_cache, frame_offset=frame_offset
+            )
         return self.from_grid(out)
 
     def predict_x0(
@@ -534,8 +566,9 @@ class ARDiffusion(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Named losses of one batch; `"loss"` is the scalar to optimise.
 
-        `batch`: `"video"` or `"latents"` (clean inputs in the model layout, pixels in
-        [-1, 1]), optional `"label"` `[B]` or `"text_embedding"` `[B, E]`. Terms:
+        `batch`: `"video"` or `"latents"` (clean inputs in the model layout, floating; a
+        `"video"` holds pixels in [-1, 1], latents have no range), optional `"label"` `[B]`
+        or `"text_embedding"` `[B, E]`. Terms:
         `loss` (MSE on the `config.prediction` target), `<prediction>_mse` (the same,
         detached) and, for eps / v models, `x0_mse` (the MSE of the implied x0, detached).
         In training mode the condition is dropped to the null with probability
@@ -553,7 +586,8 @@ class ARDiffusion(nn.Module):
             drop = _rand(B, generator, x0.device) < cfg.cond_dropout
         cond = self.embed_condition(batch.get("label"), batch.get("text_embedding"), batch_size=B, drop=drop)
 
-        pred = self(x_t, t, cond)
+        with trusted_inputs():  # x_t and t are made here from the checked batch
+            pred = self(x_t, t, cond)
         target = self.prediction_target(x0, noise, t)
         loss = F.mse_loss(pred.float(), target.float())
         losses = {"loss": loss, f"{cfg.prediction}_mse": loss.detach()}
@@ -578,9 +612,7 @@ class ARDiffusion(nn.Module):
             raise ValueError(
                 f"batch must hold exactly one of 'video' or 'latents', got keys {sorted(batch.keys())}"
             )
-        x0 = batch[keys[0]]
-        self.check_input(x0, what=f"batch[{keys[0]!r}]")
-        return x0
+        return self.check_input(batch[keys[0]], what=f"batch[{keys[0]!r}]", pixels=keys[0] == "video")
 
     # -- generation -----------------------------------------------------------------
 

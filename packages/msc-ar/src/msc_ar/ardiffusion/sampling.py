@@ -53,6 +53,7 @@ import torch
 
 from msc_core.diffusion import ddim_step
 from msc_core.interfaces import GenerationRequest
+from msc_core.validation import trusted_inputs
 
 from msc_ar.ardiffusion.ad_schedule import ad_schedule, ad_step_transitions, ad_timesteps, check_sliding_window
 
@@ -73,7 +74,7 @@ class ADSampledModel(Protocol):
 
     def new_cache(self) -> list[Any]: ...
 
-    def check_input(self, x: torch.Tensor, what: str = "x") -> None: ...
+    def check_input(self, x: torch.Tensor, what: str = "x") -> torch.Tensor: ...
 
     def embed_condition(
         self, labels: torch.Tensor | None = None, text_embedding: torch.Tensor | None = None,
@@ -279,6 +280,12 @@ def iter_frames(
     def stack(lo: int, hi: int) -> torch.Tensor:
         return torch.stack(frames[lo:hi], dim=fd)
 
+    def predict_x0(*args: Any, **kwargs: Any) -> torch.Tensor:
+        # the request was checked above and every later input is the sampler's own: the
+        # model skips its value checks (a host sync each) in the loop
+        with trusted_inputs():
+            return model.predict_x0(*args, **kwargs)
+
     done = plan.num_prefix  # frames [0, done) are final and yielded
     yield from prefix
     cache: list[Any] | None = None
@@ -293,17 +300,17 @@ def iter_frames(
                 # positions are window-relative: a slid window invalidates every cached frame
                 cache, cache_start, cache_end = model.new_cache(), start, start
             if cache_end < first:  # frames that became clean since the last iteration
-                model.predict_x0(
+                predict_x0(
                     stack(cache_end, first), timesteps(t_row, cache_end, first), cond, guidance,
                     cache=cache, update_cache=True, frame_offset=cache_end - start,
                 )
                 cache_end = first
             x_t = stack(first, last)
-            x0 = model.predict_x0(
+            x0 = predict_x0(
                 x_t, timesteps(t_row, first, last), cond, guidance, cache=cache, frame_offset=first - start
             )
         else:
-            x0 = model.predict_x0(stack(start, last), timesteps(t_row, start, last), cond, guidance, frame_offset=0)
+            x0 = predict_x0(stack(start, last), timesteps(t_row, start, last), cond, guidance, frame_offset=0)
             x0 = x0.narrow(fd, first - start, last - first)
             x_t = stack(first, last)
         noise = torch.stack([draw() for _ in range(first, last)], dim=fd) if eta > 0 else None

@@ -31,6 +31,7 @@ from torch import nn
 
 from msc_core.interfaces import GenerationRequest, LatentSpec
 from msc_core.transformer import frame_index_embedding, patchify, spatial_sincos_embedding, unpatchify
+from msc_core.validation import check_finite, check_positive_int, check_tensor, check_values, check_video
 
 from msc_ar.nova.config import NovaConfig
 from msc_ar.nova.diffusion_head import DiffusionHead
@@ -180,6 +181,7 @@ class NOVA(nn.Module):
     def to_tokens(self, frames: torch.Tensor, what: str = "frames") -> tuple[torch.Tensor, Grid]:
         """Frames in the model's layout -> tokens `(B, T, L, Dt)` and the token grid."""
         c = self.config
+        check_tensor(what, frames, floating=False, allow_empty=True)
         if c.layout == "grid":
             if frames.dim() != 5 or frames.shape[1] != c.in_channels:
                 raise ValueError(
@@ -217,6 +219,8 @@ class NOVA(nn.Module):
         True, the caption is the learned null token.
         """
         device, B = self.device, batch_size
+        if text_features is not None:
+            check_values("text_features", text_features)
         if text_features is not None or text_tokens is not None:
             given = text_features if text_features is not None else text_tokens
             if given.shape[0] != B:
@@ -242,16 +246,19 @@ class NOVA(nn.Module):
                 only_first[:, 0] = True
                 text = torch.where(drop_text[:, None, None], self.null_text.expand_as(text), text)
                 mask = torch.where(drop_text[:, None], only_first, mask)
-        scores = torch.stack([self._per_sample(motion, self.config.default_motion, B) / self.config.motion_scale,
-                              self._per_sample(fps, self.config.default_fps, B) / self.config.fps_scale], dim=-1)
+        scores = torch.stack([self._per_sample("motion", motion, self.config.default_motion, B) / self.config.motion_scale,
+                              self._per_sample("fps", fps, self.config.default_fps, B) / self.config.fps_scale], dim=-1)
         motion_token = self.motion_embed(scores.to(text.dtype))[:, None]  # (B, 1, D)
         prefix = self.prefix_norm(torch.cat([text, motion_token], dim=1))
         return prefix, torch.cat([mask, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
 
-    def _per_sample(self, value: torch.Tensor | float | None, default: float, batch: int) -> torch.Tensor:
+    def _per_sample(self, name: str, value: torch.Tensor | float | None, default: float, batch: int) -> torch.Tensor:
         if value is None:
             value = default
+        if isinstance(value, torch.Tensor):
+            check_tensor(name, value, floating=False)
         value = torch.as_tensor(value, dtype=torch.float32, device=self.device).flatten()
+        check_finite(name, value)
         if value.numel() == 1:
             return value.expand(batch)
         if value.numel() != batch:
@@ -315,8 +322,9 @@ class NOVA(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Diffusion loss on the masked tokens of every frame.
 
-        `batch`: `"video"` (pixels in [-1, 1]) or `"latents"`, in the model's layout
-        (`[B, C, T, H, W]` grids or `[B, T, L, D]` tokens); optional `"caption"`
+        `batch`: `"video"` (floating pixels in [-1, 1]) or `"latents"` (floating, no
+        range), in the model's layout (`[B, C, T, H, W]` grids or `[B, T, L, D]` tokens),
+        cast to the parameters' dtype; optional `"caption"`
         (list[str]) or `"text_tokens"` / `"text_features"` (+ `"text_mask"`), `"motion"`
         and `"fps"` (`[B]` floats). Returns `"loss"` (optimise this) and detached
         `"loss_first_frame"` / `"loss_later_frames"` (text-to-image vs. frame-to-frame).
@@ -325,7 +333,14 @@ class NOVA(nn.Module):
         if len(keys) != 1:
             raise ValueError(f"batch needs exactly one of 'video' or 'latents', got keys {sorted(batch)}")
         c, device = self.config, self.device
-        x, grid = self.to_tokens(batch[keys[0]].to(device, self.bov.dtype), what=f"batch[{keys[0]!r}]")
+        what = f"batch[{keys[0]!r}]"
+        given = batch[keys[0]]
+        check_tensor(what, given, floating=False, allow_empty=True)
+        if keys[0] == "video":
+            check_video(what, given)
+        else:
+            check_values(what, given)
+        x, grid = self.to_tokens(given.to(device, self.bov.dtype), what=what)
         B, T, L, _ = x.shape
         drop = None
         if self.training and c.text_drop_prob > 0:
@@ -373,7 +388,7 @@ class NOVA(nn.Module):
         """
         B, L = indicator.shape[:2]
         counts = reveal_schedule(L, num_steps)
-        diffusion_steps = diffusion_steps or self.config.sampling_diffusion_steps
+        diffusion_steps = self._diffusion_steps(diffusion_steps)
         pos = self.positions(grid)
         tokens = indicator.new_zeros(B, L, self.config.token_dim)
         mask = torch.ones(B, L, dtype=torch.bool, device=self.device)
@@ -395,12 +410,33 @@ class NOVA(nn.Module):
             mask = next_mask
         return tokens
 
+    def _diffusion_steps(self, diffusion_steps: int | None) -> int:
+        """`diffusion_steps` checked (1..num_train_timesteps; 0 is not "the default"), or the config's."""
+        steps = check_positive_int("diffusion_steps", diffusion_steps)
+        if steps is None:
+            return self.config.sampling_diffusion_steps
+        if steps > self.config.num_train_timesteps:
+            raise ValueError(
+                f"diffusion_steps={steps} exceeds num_train_timesteps={self.config.num_train_timesteps}; "
+                f"use 1..{self.config.num_train_timesteps} or None for sampling_diffusion_steps="
+                f"{self.config.sampling_diffusion_steps}"
+            )
+        return steps
+
     def _request_grid(self, request: GenerationRequest) -> Grid:
-        """Token grid of the generated frames: the prefix's, else the config's sample size."""
+        """Token grid of the generated frames: the prefix's, else the config's sample size.
+
+        Checks the prefix (a floating, finite tensor in the model's layout, no zero-sized axis)."""
         if request.prefix is None:
             return self.config.token_grid
-        first = request.prefix[:, :, :1] if self.config.layout == "grid" else request.prefix[:, :1]
-        return self.to_tokens(first, what="request.prefix")[1]
+        prefix = request.prefix
+        grid_layout = self.config.layout == "grid"
+        first = prefix  # a wrong number of dimensions: to_tokens names the layout
+        if prefix.ndim == (5 if grid_layout else 4):
+            first = prefix[:, :, :1] if grid_layout else prefix[:, :1]
+        grid = self.to_tokens(first, what="request.prefix")[1]  # the layout first: it names the shape
+        check_values("request.prefix", prefix)
+        return grid
 
     def _request_captions(self, request: GenerationRequest) -> tuple[list[str] | None, int]:
         prompt, batch = request.prompt, request.batch_size
@@ -426,8 +462,10 @@ class NOVA(nn.Module):
         `request.num_steps` is the number of set-by-set steps per frame (at most the
         frame's token count), `request.scheduler.temperature` the DDPM noise temperature,
         `request.scheduler.window` the temporal window in slots (default
-        `config.num_frames`). Prefix frames are yielded as given.
+        `config.num_frames`). Prefix frames are yielded as given. `diffusion_steps`: DDPM
+        steps of the diffusion head per token (None: `config.sampling_diffusion_steps`).
         """
+        diffusion_steps = self._diffusion_steps(diffusion_steps)
         if request.class_label is not None:
             raise ValueError("NOVA is conditioned on text, not class labels: pass `prompt` instead of `class_label`")
         if request.scheduler.offset is not None:

@@ -33,6 +33,9 @@ class MSCAttentionConfig(Config):
     noise_embed_dim: int = Field(
         256, ge=2, description="size E of the sinusoidal noise embedding, or of a given [B, T, E] one"
     )
+    num_timesteps: int = Field(
+        1000, ge=1, description="noise levels given as timesteps must lie in [0, num_timesteps)"
+    )
     qkv_bias: bool = True
     backend: Backend = "auto"
     tile_size: int = Field(8, gt=0, description="query tile edge of the tiled backend")

@@ -29,6 +29,7 @@ from msc_core.attention.pooling import average_pool_frames, upsample_nearest_fra
 from msc_core.attention.reference import reference_high_res_attention, reference_low_res_attention
 from msc_core.attention.tiled import tiled_high_res_attention, tiled_low_res_attention
 from msc_core.diffusion import timestep_embedding
+from msc_core.validation import check_finite, check_tensor, check_timesteps, check_values, model_dtype, to_model_dtype
 
 
 def resolve_backend(requested: str, device: torch.device, has_past_frames: bool) -> str:
@@ -164,11 +165,13 @@ class MSCAttention(nn.Module):
     ) -> torch.Tensor:
         """`x` `(B, T, H, W, C)`: frames n..n+T-1 after the n frames in `cache` (n = 0 without).
 
-        `noise`: per-frame timesteps `(B, T)` (embedded sinusoidally) or noise embeddings
-        `(B, T, noise_embed_dim)`. With `update_cache=True` the new frames' K/V are
-        appended to `cache` after the output is computed. Returns `(B, T, H, W, C)`.
+        `noise`: per-frame timesteps `(B, T)` in `[0, num_timesteps)` (integer or float,
+        embedded sinusoidally) or noise embeddings `(B, T, noise_embed_dim)`. With
+        `update_cache=True` the new frames' K/V are appended to `cache` after the output is
+        computed. Returns `(B, T, H, W, C)` in the parameters' dtype (floating `x` of
+        another dtype is cast to it, `msc_core.validation`).
         """
-        self._check_inputs(x, noise, cache, update_cache)
+        x = self._check_inputs(x, noise, cache, update_cache)
         B, T, H, W, _ = x.shape
         past = cache is not None and cache.num_frames > 0
         backend = resolve_backend(self.config.backend, x.device, past)
@@ -189,8 +192,10 @@ class MSCAttention(nn.Module):
 
     def _check_inputs(
         self, x: torch.Tensor, noise: torch.Tensor | None, cache: MSCKVCache | None, update_cache: bool
-    ) -> None:
+    ) -> torch.Tensor:
+        """Shapes, dtypes and values of the inputs; returns `x` in the parameters' dtype."""
         cfg = self.config
+        check_tensor("x", x, floating=False, allow_empty=True)
         if x.ndim != 5 or x.shape[-1] != cfg.dim:
             raise ValueError(f"x must be (B, T, H, W, C={cfg.dim}), got shape {tuple(x.shape)}")
         B, T, H, W, _ = x.shape
@@ -198,6 +203,7 @@ class MSCAttention(nn.Module):
             raise ValueError(f"x must hold at least one frame of at least 1x1 tokens, got shape {tuple(x.shape)}")
         if noise is None:
             raise ValueError("MSCAttention needs per-frame noise levels (B, T) or embeddings (B, T, E) for its gates")
+        check_tensor("noise", noise, floating=False)
         if noise.shape[:2] != (B, T) or noise.ndim not in (2, 3):
             raise ValueError(
                 f"noise must be timesteps (B, T)=({B}, {T}) or embeddings (B, T, {cfg.noise_embed_dim}), "
@@ -216,3 +222,10 @@ class MSCAttention(nn.Module):
             raise ValueError("update_cache=True needs a cache (attention.new_cache())")
         if cache is not None:
             cache.check_compatible(B, H, W)
+        if noise.ndim == 2:
+            check_timesteps("noise", noise, cfg.num_timesteps, integer=False)
+        else:
+            check_values("noise", noise)
+        x = to_model_dtype("x", x, model_dtype(self))
+        check_finite("x", x)
+        return x
