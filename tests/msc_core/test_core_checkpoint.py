@@ -42,7 +42,7 @@ def test_round_trip_is_bit_exact(tmp_path):
     torch.manual_seed(0)
     model = TinyNet(TinyConfig(dim=12))
     save_pretrained(model, tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "manifest.json", "model.safetensors"]
     loaded = from_pretrained(TinyNet, tmp_path / "m")
     assert loaded.config == model.config
     assert_state_dicts_equal(model, loaded)
@@ -53,6 +53,7 @@ def test_round_trip_is_bit_exact(tmp_path):
 
 def test_unknown_config_field_is_refused_by_name(tmp_path):
     save_pretrained(TinyNet(TinyConfig()), tmp_path)
+    (tmp_path / "manifest.json").unlink()  # a hand-edited config (with the manifest, refused as tampered)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["dropuot"] = 0.1
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -77,6 +78,7 @@ def test_config_json_round_trip_and_frozen():
 
 def test_mismatched_weights_are_reported(tmp_path):
     save_pretrained(TinyNet(TinyConfig(depth=2)), tmp_path)
+    (tmp_path / "manifest.json").unlink()
     (tmp_path / "config.json").write_text(TinyConfig(depth=3).to_json())
     with pytest.raises(ValueError, match=r"missing \['layers.2.bias', 'layers.2.weight'\]"):
         from_pretrained(TinyNet, tmp_path)
@@ -87,6 +89,9 @@ def test_missing_and_corrupt_files(tmp_path):
         from_pretrained(TinyNet, tmp_path / "nope")
     save_pretrained(TinyNet(TinyConfig()), tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="model.safetensors has 8 bytes, its manifest says"):  # caught first
+        from_pretrained(TinyNet, tmp_path)
+    (tmp_path / "manifest.json").unlink()
     with pytest.raises(ValueError, match="cannot read weights"):
         from_pretrained(TinyNet, tmp_path)
 
@@ -105,3 +110,55 @@ def test_interrupted_write_keeps_previous_file(tmp_path):
 def test_save_requires_config(tmp_path):
     with pytest.raises(ValueError, match="no msc Config"):
         save_pretrained(nn.Linear(2, 2), tmp_path)
+
+
+# --- what loads and what is refused ------------------------------------------------------
+
+
+def test_an_export_verifies_against_its_manifest_and_an_older_export_without_one_loads(tmp_path):
+    from msc_core.checkpoint import CorruptCheckpointError
+
+    save_pretrained(TinyNet(TinyConfig()), tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="model.safetensors does not match its SHA-256"):
+        from_pretrained(TinyNet, tmp_path / "m")
+    save_pretrained(TinyNet(TinyConfig()), tmp_path / "legacy")
+    (tmp_path / "legacy" / "manifest.json").unlink()  # saved before exports carried a manifest
+    assert isinstance(from_pretrained(TinyNet, tmp_path / "legacy"), TinyNet)
+
+
+def test_a_checkpoint_folder_without_its_manifest_is_never_loaded_as_an_export(tmp_path):
+    from msc_core.checkpoint import CorruptCheckpointError
+
+    folder = save_pretrained(TinyNet(TinyConfig()), tmp_path / "checkpoint_000001")
+    (folder / "manifest.json").unlink()
+    with pytest.raises(CorruptCheckpointError, match="manifest.json is missing"):
+        from_pretrained(TinyNet, folder)
+
+
+def test_weights_that_do_not_fit_the_config_name_the_first_tensor(tmp_path):
+    from safetensors.torch import save_file
+
+    save_pretrained(TinyNet(TinyConfig(dim=8)), tmp_path / "m")
+    (tmp_path / "m" / "manifest.json").unlink()
+    (tmp_path / "m" / "config.json").write_text(TinyConfig(dim=12).to_json())  # another model's config
+    with pytest.raises(ValueError, match=r"tensor 'embed.weight' has shape \[10, 8\], but the config in .* builds \[10, 12\]"):
+        from_pretrained(TinyNet, tmp_path / "m")
+    state = {k: v.clone() for k, v in TinyNet(TinyConfig()).state_dict().items() if k != "head.weight"}
+    state["scale"] = torch.tensor(1, dtype=torch.int32)  # a float buffer stored as int32
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    (tmp_path / "m" / "config.json").write_text(TinyConfig().to_json())
+    with pytest.raises(ValueError, match="tensor 'scale' is stored as I32"):
+        from_pretrained(TinyNet, tmp_path / "m")
+
+
+def test_nan_weights_are_refused_naming_the_tensor(tmp_path):
+    model = TinyNet(TinyConfig())
+    with torch.no_grad():
+        model.layers[1].bias[0] = float("nan")
+    save_pretrained(model, tmp_path / "m")
+    with pytest.raises(ValueError, match=r"tensor 'layers.1.bias' holds 1 NaN or infinite values"):
+        from_pretrained(TinyNet, tmp_path / "m")

@@ -104,3 +104,18 @@ def test_reader_settings_that_do_not_fit_the_shards_are_errors(tmp_path: Path) -
         VideoClipDataset(tmp_path, rank=1)
     with pytest.raises(ValueError, match="0 <= rank < world_size"):
         VideoClipDataset(tmp_path, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("name", ["pipe:curl http://example.invalid/x.tar", "../outside.tar", "/etc/passwd", ".."])
+def test_a_manifest_naming_a_command_or_a_path_outside_its_folder_is_refused(tmp_path: Path, name: str) -> None:
+    """A job file is code (`data.path: pipe:...` runs a shell command); a manifest is data:
+    its shard entries are file names beside it and nothing else."""
+    import json
+
+    out = tmp_path / "mm"
+    build_shards("moving-mnist", out, ClipBuildConfig(frames=4, size=32, num_clips=2, fps=None), progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"][0]["name"] = name
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="is not a file name beside the manifest"):
+        load_manifest(out)

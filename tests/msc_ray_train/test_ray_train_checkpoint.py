@@ -97,8 +97,9 @@ def test_truncated_file_is_detected_and_the_previous_checkpoint_is_used(job, two
         verify_checkpoint(second)
     assert latest_valid_checkpoint(job.run_dir) == first
     model, ema, optimizer, scheduler = fresh(job)
-    state, used = restore_latest(job.run_dir, str(second), model, ema, optimizer, scheduler)
+    state, used, skipped = restore_latest(job.run_dir, str(second), model, ema, optimizer, scheduler)
     assert used == first and state.step == 2
+    assert list(skipped) == [second.name] and f"{weights} has" in skipped[second.name]
 
 
 def test_save_killed_before_its_manifest_leaves_the_previous_checkpoint(job, two_checkpoints) -> None:
@@ -112,15 +113,43 @@ def test_save_killed_before_its_manifest_leaves_the_previous_checkpoint(job, two
 def test_newest_complete_checkpoint_wins_over_an_older_registered_one(job, two_checkpoints) -> None:
     # Ray registered `first`; the worker group died before `second` was registered
     first, second = two_checkpoints
-    state, used = restore_latest(job.run_dir, str(first), *fresh(job))
-    assert used == second and state.step == 3
+    state, used, skipped = restore_latest(job.run_dir, str(first), *fresh(job))
+    assert used == second and state.step == 3 and skipped == {}
 
 
 def test_no_valid_checkpoint_left_is_a_clear_error(job, two_checkpoints) -> None:
     for directory in two_checkpoints:
         (directory / "optimizer.pt").write_bytes(b"garbage")
-    with pytest.raises(CorruptCheckpointError, match="no other valid checkpoint"):
+    with pytest.raises(CorruptCheckpointError, match="no checkpoint of .* verifies and loads") as info:
         restore_latest(job.run_dir, str(two_checkpoints[1]), *fresh(job))
+    for directory in two_checkpoints:  # each one is named with why
+        assert f"{directory.name}: " in str(info.value)
+
+
+def test_a_poisoned_optimizer_state_is_refused_unexecuted_and_the_checkpoint_before_used(
+    job, two_checkpoints, tmp_path
+) -> None:
+    """A pickle that would run code when loaded (torch.load with weights_only=False): the
+    newest checkpoint's optimizer.pt is replaced, its manifest re-written to match (an
+    attacker controls both), and resume uses the checkpoint before it, naming why."""
+    import pickle
+
+    from msc_core.checkpoint import write_manifest
+    from msc_ray_train.train_checkpoint import CHECKPOINT_FILES
+
+    first, second = two_checkpoints
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (second / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": Payload()}))
+    write_manifest(second, CHECKPOINT_FILES, step=3)
+    state, used, skipped = restore_latest(job.run_dir, str(second), *fresh(job))
+    assert used == first and state.step == 2 and not marker.exists()
+    assert list(skipped) == [second.name]
+    assert "optimizer.pt (or trainer_state.json) does not load: UnpicklingError" in skipped[second.name]
 
 
 def test_run_dir_export_and_checkpoint_load_the_same_ema_model(job, two_checkpoints) -> None:

@@ -96,9 +96,11 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path) -> Path:
         )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST_NAME).unlink(missing_ok=True)  # the folder is incomplete until it is rewritten
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_model(model, str(tmp))  # handles tied (shared) tensors, unlike save_file
     atomic_write_text(directory / CONFIG_NAME, config.to_json())
+    write_manifest(directory, (CONFIG_NAME, WEIGHTS_NAME))  # last: verified by from_pretrained
     return directory
 
 
@@ -146,12 +148,12 @@ def verify_manifest(directory: str | Path, required: Iterable[str] = ()) -> dict
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise CorruptCheckpointError(f"{manifest_path} lists a file outside its folder: {name!r}")
         if not path.is_file():
-            raise CorruptCheckpointError(f"checkpoint file {path} is missing")
+            raise CorruptCheckpointError(f"{path} is missing (listed in {manifest_path.name})")
         found = file_digest(path)
         if found["bytes"] != size:
-            raise CorruptCheckpointError(f"checkpoint file {path} has {found['bytes']} bytes, the manifest says {size}")
+            raise CorruptCheckpointError(f"{path} has {found['bytes']} bytes, its manifest says {size}")
         if found["sha256"] != sha256:
-            raise CorruptCheckpointError(f"checkpoint file {path} does not match its SHA-256 in the manifest")
+            raise CorruptCheckpointError(f"{path} does not match its SHA-256 in the manifest")
     return manifest
 
 
@@ -172,11 +174,11 @@ def _is_export(directory: Path) -> bool:
 
 
 def is_checkpoint_dir(directory: str | Path) -> bool:
-    """A training checkpoint folder: named `checkpoint_*`, or holding a manifest or EMA weights."""
+    """A training checkpoint folder: named `checkpoint_*`, or holding EMA weights. Such a
+    folder is read only when its manifest verifies: one without a manifest is never taken
+    for an export (a deleted manifest must not switch verification off)."""
     directory = Path(directory)
-    return directory.name.startswith(CHECKPOINT_PREFIX) or (directory / MANIFEST_NAME).is_file() or (
-        directory / CHECKPOINT_WEIGHTS_NAME
-    ).is_file()
+    return directory.name.startswith(CHECKPOINT_PREFIX) or (directory / CHECKPOINT_WEIGHTS_NAME).is_file()
 
 
 def resolve_pretrained(path: str | Path) -> PretrainedFiles:
@@ -196,10 +198,11 @@ def resolve_pretrained(path: str | Path) -> PretrainedFiles:
     if is_checkpoint_dir(path):
         verify_manifest(path, required=(CONFIG_NAME, CHECKPOINT_WEIGHTS_NAME))
         return PretrainedFiles(path / CONFIG_NAME, path / CHECKPOINT_WEIGHTS_NAME, "checkpoint")
-    if _is_export(path):
-        return PretrainedFiles(path / CONFIG_NAME, path / WEIGHTS_NAME, "export")
-    if _is_export(path / EXPORT_DIR):
-        return PretrainedFiles(path / EXPORT_DIR / CONFIG_NAME, path / EXPORT_DIR / WEIGHTS_NAME, "run")
+    for folder, source in ((path, "export"), (path / EXPORT_DIR, "run")):
+        if _is_export(folder):
+            if (folder / MANIFEST_NAME).is_file():  # written by save_pretrained; older exports have none
+                verify_manifest(folder, required=(CONFIG_NAME, WEIGHTS_NAME))
+            return PretrainedFiles(folder / CONFIG_NAME, folder / WEIGHTS_NAME, source)  # type: ignore[arg-type]
     raise ValueError(
         f"{path} holds no model: expected a run folder (with {EXPORT_DIR}/), an exported model "
         f"({CONFIG_NAME} + {WEIGHTS_NAME}) or a training checkpoint ({MANIFEST_NAME}, {CHECKPOINT_WEIGHTS_NAME})"
@@ -231,15 +234,60 @@ def from_pretrained(
     config_class = getattr(cls, "config_class", None)
     if config_class is None or not issubclass(config_class, Config):
         raise ValueError(f"{cls.__name__} has no `config_class` (an msc Config subclass)")
+    kind_field = config_class.model_fields.get("kind")
+    if kind_field is not None and isinstance(kind_field.default, str):
+        found = read_config_kind(config_path)
+        if found != kind_field.default:  # another model's folder: say so, not a list of config errors
+            raise ValueError(f"{config_path} holds a {found!r} model, not a {kind_field.default!r} ({cls.__name__})")
     config = config_class.load(config_path)
     model = cls(config)
+    check_weights_fit(weights_path, model)
     try:
         missing, unexpected = load_model(model, str(weights_path), strict=False, device=str(device))
-    except (SafetensorError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"cannot read weights {weights_path}: {err}") from None
     if strict and (missing or unexpected):
         raise ValueError(
             f"weights {weights_path} do not match {cls.__name__}({config_class.__name__}): "
             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
         )
+    check_weights_finite(weights_path, model)
     return model.to(device).eval()
+
+
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def check_weights_fit(weights_path: Path, model: torch.nn.Module) -> None:
+    """Before loading: every stored tensor the model has must have its shape, and floating
+    weights must be stored as floats. One line naming the first tensor that does not fit
+    (config.json and model.safetensors from different models, or a tampered file)."""
+    from safetensors import safe_open
+
+    expected = model.state_dict()
+    try:
+        with safe_open(str(weights_path), framework="pt") as stored:
+            for name in stored.keys():
+                if name not in expected:
+                    continue  # unexpected keys are reported by name after loading
+                piece = stored.get_slice(name)
+                shape, dtype = tuple(piece.get_shape()), piece.get_dtype()
+                want = expected[name]
+                if shape != tuple(want.shape):
+                    raise ValueError(
+                        f"weights {weights_path}: tensor {name!r} has shape {list(shape)}, but the config in "
+                        f"{weights_path.parent / CONFIG_NAME} builds {list(want.shape)}"
+                    )
+                if want.is_floating_point() and dtype not in _FLOAT_DTYPES:
+                    raise ValueError(f"weights {weights_path}: tensor {name!r} is stored as {dtype}; "
+                                     f"a model's floating weights must be stored as floats")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"cannot read weights {weights_path}: {err}") from None
+
+
+def check_weights_finite(weights_path: Path, model: torch.nn.Module) -> None:
+    """After loading: NaN or infinite weights are refused, naming the first tensor."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"weights {weights_path}: tensor {name!r} holds {bad} NaN or infinite values")

@@ -24,7 +24,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 ENTRY_POINT_GROUP = "msc.commands"
 EXIT_FAILED = 1
@@ -63,7 +63,11 @@ class Command:
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """argparse that reports a usage mistake as one `PROG: error: ...` line (exit status 2)
-    and ends `--help` with the command's example."""
+    and does not expand abbreviations (`--worker 2` is an error, not `--workers 2`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -125,6 +129,42 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (frame rates, scales)."""
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 
@@ -204,11 +244,22 @@ def main(argv: Sequence[str] | None = None, prog: str = "msc") -> int:
     wanted = {first: entry_points[first]} if first is not None else entry_points
     commands = {name: load_command(ep) for name, ep in wanted.items()}
     parser = build_parser(commands, prog)
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
+    if isinstance(args, int):
+        return args
     if getattr(args, "run", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     return run_command(args, prog)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace | int:
+    """Parsed arguments, or the exit status of --help / --version / a usage error (its one
+    line already printed), so that in-process callers get a status instead of SystemExit."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
 
 
 def run_command(args: argparse.Namespace, prog: str) -> int:
@@ -221,8 +272,8 @@ def run_command(args: argparse.Namespace, prog: str) -> int:
     except USER_ERRORS as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"{prog}: interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0 if status is None else int(status)
 
@@ -242,7 +293,8 @@ def alias(command: str, prog: str) -> Callable[[Sequence[str] | None], int]:
         parser.add_argument("--version", action="version", version=f"%(prog)s ({package_versions()})")
         spec.configure(parser)
         parser.set_defaults(run=spec.run)
-        return run_command(parser.parse_args(argv), prog)
+        args = _parse(parser, argv)
+        return args if isinstance(args, int) else run_command(args, prog)
 
     return alias_main
 

@@ -2,16 +2,20 @@
 
 Every config is immutable (`frozen=True`) and refuses unknown fields
 (`extra="forbid"`), so a typo in a YAML or `config.json` is an error that names the
-field instead of a silently ignored setting.
+field instead of a silently ignored setting. Numbers are strict where YAML is loose:
+a boolean is never read as a number (`steps: true` is refused, not read as 1), and a
+float field refuses NaN and infinity (`lr: .inf`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 C = TypeVar("C", bound="Config")
 
@@ -25,22 +29,51 @@ def describe_validation_error(err: ValidationError, where: str) -> str:
     heading and one indented line per problem."""
     problems = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = f"unknown field {loc!r} (not a field of {where})"
         got = e.get("input")
         shown = "" if isinstance(got, (dict, list)) or e["type"] == "value_error" else f" (got {got!r})"
-        problems.append(f"{loc}: {msg}{shown}")
+        problems.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     if len(problems) == 1:
         return f"invalid {where}: {problems[0]}"
     return "\n".join([f"invalid {where}:", *(f"  {p}" for p in problems)])
 
 
+def _takes_numbers_not_bools(annotation: Any) -> bool:
+    """Whether a field of this type holds numbers (int, float, int literals) and no booleans."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return all(isinstance(a, int) and not isinstance(a, bool) for a in args)
+    if origin in (Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        return bool(kinds) and all(_takes_numbers_not_bools(a) for a in kinds)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _takes_numbers_not_bools(args[0])
+    return False
+
+
 class Config(BaseModel):
     """Base of all msc configs: frozen, strict about unknown fields, JSON round trip."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic reads True as 1 for an int field; in a YAML job that is a typo, not a count
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field is not None and _takes_numbers_not_bools(field.annotation):
+                    raise ValueError(f"{name}: expected a number, got {value!r} (a boolean)")
+        return data
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:

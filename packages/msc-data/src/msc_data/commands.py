@@ -24,6 +24,8 @@ from msc_core.cli import (
     add_progress_flag,
     add_subcommand,
     add_threads_flag,
+    non_negative_float,
+    non_negative_int,
     positive_int,
     set_threads,
 )
@@ -61,7 +63,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--frames", type=positive_int, default=17, help="frames per clip (default 17)")
     build.add_argument("--stride", type=positive_int, default=8, help="frames between clip starts (default 8)")
     build.add_argument("--size", type=positive_int, default=64, help="clip side after resize + center crop (default 64)")
-    build.add_argument("--fps", type=float, default=8.0, help="target frame rate; 0 keeps the native rate (default 8)")
+    build.add_argument("--fps", type=non_negative_float, default=8.0,
+                       help="target frame rate; 0 keeps the native rate (default 8)")
     build.add_argument("--shard-size", type=parse_size, default=parse_size("256MB"), help="max shard size (256MB)")
     build.add_argument("--clips-per-shard", type=positive_int, default=100_000, help="max clips per shard")
     build.add_argument("--workers", type=positive_int, default=_default_workers(), help="decoding processes")
@@ -72,7 +75,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--max-clips-per-video", type=positive_int, default=None)
     mm = build.add_argument_group("moving-mnist source")
     mm.add_argument("--num-clips", type=positive_int, default=1000)
-    mm.add_argument("--seed", type=int, default=0)
+    mm.add_argument("--seed", type=non_negative_int, default=0)
     mm.add_argument("--digits", type=positive_int, default=2, help="digits per clip")
     mm.add_argument("--speed-min", type=float, default=2.0, help="pixels per frame")
     mm.add_argument("--speed-max", type=float, default=4.0, help="pixels per frame")
@@ -100,6 +103,10 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"output {args.out} is a file; msc data build writes shards into a directory")
     from msc_data.manifest import ClipBuildConfig
     from msc_data.moving_mnist import MovingMNISTConfig
     from msc_data.shard_writer import build_shards
@@ -124,6 +131,10 @@ def _build(args: argparse.Namespace) -> None:
 
 
 def _encode(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"output {args.out} is a file; msc data encode writes latent shards into a directory")
     set_threads(args.threads)
     from msc_data.latent_cache import encode_shards
 

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from msc_core.checkpoint import atomic_write_text
 from msc_core.config import Config, ConfigError
@@ -77,6 +77,15 @@ class ShardInfo(Config):
         default=None, description="build cursor after this shard: (source index, next clip index)"
     )
     skipped: dict[str, int] = Field(default={}, description="input samples skipped making this shard, by reason")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_file_name(cls, v: str) -> str:
+        # a manifest is data: its shards are files beside it, never a `pipe:` command (which a
+        # job file may hold, as code) nor a path out of the manifest's directory
+        if v.startswith("pipe:") or "/" in v or "\\" in v or v in ("", ".", ".."):
+            raise ValueError(f"shard name {v!r} is not a file name beside the manifest (no paths, no pipe: commands)")
+        return v
 
 
 class SourceEntry(Config):

@@ -30,6 +30,9 @@ from msc_core.cli import (
     add_model_argument,
     add_progress_flag,
     add_threads_flag,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
     positive_int,
     set_threads,
 )
@@ -147,16 +150,18 @@ def _configure_sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", type=Path, help="video to continue: its first frames are kept")
     parser.add_argument("--prefix-frames", type=positive_int,
                         help="how many frames of --prefix to keep (default: all up to frames - 1)")
-    parser.add_argument("--offset", type=int, help="AD scheduler offset s (0: synchronous, steps: autoregressive)")
+    parser.add_argument("--offset", type=non_negative_int,
+                        help="AD scheduler offset s (0: synchronous, steps: autoregressive)")
     parser.add_argument("--steps", type=positive_int, default=50, help="denoising steps per frame (default 50)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic (default), 1 ancestral")
+    parser.add_argument("--eta", type=non_negative_float, default=0.0,
+                        help="DDIM noise: 0 deterministic (default), 1 ancestral")
     parser.add_argument("--class-label", type=int, help="class to generate (class-conditional models)")
-    parser.add_argument("--guidance", type=float, default=1.0,
+    parser.add_argument("--guidance", type=non_negative_float, default=1.0,
                         help="classifier-free guidance scale with --class-label (default 1: none)")
     parser.add_argument("--caption", help="text prompt (caption) of a text-conditional model (NOVA); with "
                         "--guidance, classifier-free guidance against the null caption")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--fps", type=positive_float, default=8.0, help="frame rate of the written video (default 8)")
     parser.add_argument("--scale", type=positive_int, help="enlarge frames by this integer factor (default: to >= 128 px)")
     parser.add_argument("--stream", action="store_true",
                         help="write each frame as soon as it is final: --out an .mp4 that grows, or a folder of "

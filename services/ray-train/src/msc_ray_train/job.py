@@ -175,7 +175,7 @@ def missing_data_paths(data: MovingMNISTSource | ShardSource | LatentCacheSource
 class OptimConfig(Config):
     """AdamW with linear warm-up then cosine (or constant) learning rate, and clipping."""
 
-    lr: float = Field(default=3e-4, gt=0.0, description="peak learning rate")
+    lr: float = Field(default=3e-4, gt=0.0, le=1.0, description="peak learning rate, in (0, 1]")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
@@ -208,6 +208,22 @@ class ScalingSection(Config):
         default=None, description='e.g. {"CPU": 4, "GPU": 1}; default 1 CPU (+ 1 GPU with use_gpu)'
     )
 
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _check_resources(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for name, amount in (v or {}).items():
+            if not (amount >= 0):  # negative, or NaN
+                raise ValueError(f"{name}: {amount} is not a resource amount; use a number >= 0")
+        return v
+
+    def resources(self) -> dict[str, float]:
+        """What one worker asks Ray for (Ray Train's defaults filled in)."""
+        resources = dict(self.resources_per_worker or {})
+        resources.setdefault("CPU", 1.0)
+        if self.use_gpu:
+            resources.setdefault("GPU", 1.0)
+        return resources
+
 
 class RunSection(Config):
     """Where the run lives: `<storage_path>/<name>/`. Re-running a name resumes it."""
@@ -223,6 +239,8 @@ class RunSection(Config):
                 f"storage_path must be a local or shared-filesystem directory (NFS on a cluster), got {v!r}"
             )
         expanded = os.path.expanduser(v)
+        if os.path.exists(expanded) and not os.path.isdir(expanded):
+            raise ValueError(f"storage_path {v!r} is a file; it must be a directory (created when missing)")
         if not os.path.isabs(expanded) and in_submitted_ray_job():
             raise ValueError(
                 f"storage_path {v!r} is relative, but this job runs under `ray job submit`, whose working "
@@ -357,6 +375,22 @@ class TrainJob(Config):
         return model_kind(self.model.kind).num_classes(self.model) is not None
 
 
+class StrictYAMLLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (plain YAML keeps the
+    last value silently: `steps: 100` then `steps: 10` would train 10 steps)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _yaml_error(path: Path, err: yaml.YAMLError) -> ConfigError:
     mark = getattr(err, "problem_mark", None)
     problem = getattr(err, "problem", None) or str(err)
@@ -398,9 +432,11 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None, check_da
     if not path.is_file():
         raise FileNotFoundError(f"job file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictYAMLLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         raise _yaml_error(path, err) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: a job file must be UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a job file must be a YAML mapping (model:, data:, ...), got {type(data).__name__}")
     job = job_from_dict(data, where=f"job file {path}", overrides=overrides)

@@ -164,8 +164,8 @@ class _ProgressMonitor:
     def _say(self, line: str) -> None:
         if self.enabled:
             self.bar.write(line)
-        else:
-            logger.info(line)
+        else:  # events reach the console with or without a bar
+            print(f"{self.job.run.name}: {line}", file=sys.stderr, flush=True)
 
     def _poll(self) -> None:
         for event in self.events.new_records():
@@ -275,10 +275,61 @@ def _failure_message(job: TrainJob, err: BaseException) -> str:
     retries = "no restarts allowed (max_failures=0)" if job.max_failures == 0 else (
         f"after {job.max_failures} restart(s) (max_failures={job.max_failures})" if job.max_failures > 0 else ""
     )
+    return f"training run {job.run.name!r} failed {retries}: {reason}. {_resume_hint(job)} ({job.run_dir})."
+
+
+def _resume_hint(job: TrainJob) -> str:
     latest = latest_valid_checkpoint(job.run_dir)
-    resume = (f"the last checkpoint is step {read_trainer_state(latest).step}; re-run the same job to resume"
-              if latest else "no checkpoint was written")
-    return f"training run {job.run.name!r} failed {retries}: {reason}. {resume} ({job.run_dir})."
+    if latest is None:
+        return "no checkpoint was written"
+    return f"the last checkpoint is step {read_trainer_state(latest).step}; re-run the same job to resume"
+
+
+def _interrupted_message(job: TrainJob) -> str:
+    record = last_record(job.run_dir) or {}
+    reached = f"at step {record['step']}" if "step" in record else "before its first report"
+    return f"training run {job.run.name!r} interrupted {reached}; {_resume_hint(job)}"
+
+
+def _last_start_step(run_dir: Path, default: int) -> int:
+    path = run_dir / EVENTS_FILE
+    lines = path.read_text().splitlines() if path.is_file() else []
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return default
+
+
+def last_record(run_dir: Path) -> dict[str, Any] | None:
+    """The last complete record of `<run>/metrics.jsonl` (how the run ended), None without one."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a killed writer
+    return None
+
+
+def check_cluster_resources(job: TrainJob, available: dict[str, float]) -> None:
+    """Refuse, before any worker starts, a job whose workers ask for a resource the Ray
+    cluster lacks, or more of it than the cluster has (Ray Train would wait forever)."""
+    known = ", ".join(f"{name} {amount:g}" for name, amount in sorted(available.items()) if not name.startswith("node:"))
+    workers = job.scaling.workers
+    for name, amount in job.scaling.resources().items():
+        if amount <= 0:
+            continue
+        if name not in available:
+            field = "scaling.use_gpu" if name == "GPU" and job.scaling.use_gpu else "scaling.resources_per_worker"
+            raise ValueError(f"{field} asks each worker for {amount:g} {name}, which this Ray cluster does not have "
+                             f"(it has: {known})")
+        if amount * workers > available[name]:
+            raise ValueError(f"scaling: {workers} workers x {amount:g} {name} = {amount * workers:g} {name}, but the Ray "
+                             f"cluster has {available[name]:g}; lower scaling.workers or the resources per worker")
 
 
 def run_training(
@@ -304,6 +355,12 @@ def run_training(
 
     started = time.perf_counter()
     owns_ray = _ensure_ray(address, job, ray_logs)
+    try:
+        check_cluster_resources(job, ray.cluster_resources())
+    except ValueError:
+        if owns_ray:
+            ray.shutdown()
+        raise
     job.run_dir.mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         train_worker,
@@ -326,19 +383,30 @@ def run_training(
             result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise TrainingFailed(_failure_message(job, err)) from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted_message(job)) from None
     finally:
         if owns_ray:
             ray.shutdown()
-    metrics = dict(result.metrics or {})
+    # The run's own last record says how it ended; Ray's result holds the metrics of the
+    # last report that carried a checkpoint, which can be older (a diverged run's last
+    # checkpoint was still "running").
+    metrics = {**dict(result.metrics or {}), **(last_record(job.run_dir) or {})}
+    step = int(metrics.get("step", start_step))
     if metrics.get("status") == "diverged":
-        raise TrainingDiverged(f"training run {job.run.name!r} diverged: {metrics.get('message')}")
+        raise TrainingDiverged(f"training run {job.run.name!r} diverged at step {step}: {metrics.get('message')}")
+    if step < job.steps:
+        raise TrainingFailed(
+            f"training run {job.run.name!r} stopped at step {step} of {job.steps} (last status "
+            f"{metrics.get('status')!r}); {_resume_hint(job)} ({job.run_dir})."
+        )
     checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint is not None else None
     return TrainOutcome(
         run_dir=job.run_dir,
-        step=int(metrics.get("step", start_step)),
-        # where the last (re)start of the worker group began; a re-run of a finished run
-        # reports nothing new, and Ray then returns the metrics of the last checkpoint
-        start_step=max(int(metrics.get("start_step", start_step)), start_step),
+        step=step,
+        # where the last (re)start of the worker group began (its event: the checkpoint it
+        # actually loaded, which can be older than the newest one a skipped checkpoint hid)
+        start_step=_last_start_step(job.run_dir, start_step),
         metrics=metrics,
         checkpoint_dir=checkpoint_dir,
         model_dir=job.run_dir / EXPORT_DIR,

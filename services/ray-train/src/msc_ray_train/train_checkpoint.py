@@ -20,6 +20,7 @@ model.safetensors of the EMA weights) is what `msc sample` and users load.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,10 +146,18 @@ def load_checkpoint(
             load_model(module, str(directory / name), strict=True, device=str(device))
         except (SafetensorError, RuntimeError) as err:
             raise CorruptCheckpointError(f"{directory / name} does not fit {type(module).__name__}: {err}") from None
-    states = torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True)
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
-    return read_trainer_state(directory)
+    try:
+        states = torch.load(directory / OPTIMIZER_FILE, map_location=device, weights_only=True)
+        optimizer.load_state_dict(states["optimizer"])
+        scheduler.load_state_dict(states["scheduler"])
+        return read_trainer_state(directory)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError, TypeError, OSError) as err:
+        # weights_only=True refuses anything but tensors and plain containers: a file that
+        # would run code when unpickled is named here, never executed
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CorruptCheckpointError(
+            f"{directory / OPTIMIZER_FILE} (or {STATE_FILE}) does not load: {type(err).__name__}: {first}"
+        ) from None
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[Path]:

@@ -44,6 +44,7 @@ from msc_core.checkpoint import atomic_write_text
 from msc_core.interfaces import GenerationRequest
 from msc_core.pipeline import VideoPipeline
 from msc_core.runtime import rank_seed
+from msc_core.validation import finite_checks
 
 from msc_ray_train.clip_batches import make_clip_batches
 from msc_ray_train.ema import ExponentialMovingAverage
@@ -56,7 +57,6 @@ from msc_ray_train.train_checkpoint import (
     CorruptCheckpointError,
     TrainerState,
     checkpoint_dirs,
-    checkpoint_problem,
     export_model,
     latest_valid_checkpoint,
     load_checkpoint,
@@ -133,7 +133,9 @@ def training_step(
     the decision to apply the update is taken on the loss and the global grad norm and
     all-reduced, so every rank applies or skips together.
     """
-    with autocast():
+    # the hot path: a non-finite batch or loss is this step's to skip and count (never an
+    # exception), and the entry points' NaN checks would cost a host sync per call
+    with autocast(), finite_checks(False):
         losses = loss_module(batch, generator)
     loss = losses["loss"]
     loss.backward()
@@ -233,30 +235,36 @@ def restore_latest(
     ema: ExponentialMovingAverage,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[TrainerState, Path | None]:
-    """Load the newest valid checkpoint of the run; a new run when there is none.
+) -> tuple[TrainerState, Path | None, dict[str, str]]:
+    """Load the newest checkpoint of the run that verifies and loads; a new run when there
+    is none. Returns the state, the checkpoint and `{name: why}` of each one skipped.
 
-    Ray Train hands over the latest checkpoint it registered. The run directory can
-    hold a newer complete one: Ray registers a checkpoint only once its controller has
+    Ray Train hands over the latest checkpoint it registered. The run directory can hold
+    a newer complete one: Ray registers a checkpoint only once its controller has
     collected the report from every worker, and a worker group that dies in between
-    leaves it written but unregistered. A damaged checkpoint (files that do not match
-    their manifest) is skipped for the one before it.
+    leaves it written but unregistered. A checkpoint whose files do not match their
+    manifest, or that does not load (weights that do not fit, an optimizer state
+    `torch.load(weights_only=True)` refuses), is skipped for the one before it.
     """
-    if ray_checkpoint_dir is not None:
+    skipped: dict[str, str] = {}
+    candidates: list[tuple[int, Path]] = []
+    for directory in checkpoint_dirs(run_dir):
         try:
-            verify_checkpoint(ray_checkpoint_dir)
+            candidates.append((int(verify_checkpoint(directory)["step"]), directory))
         except CorruptCheckpointError as err:
-            logger.warning("the latest checkpoint Ray Train registered is damaged (%s); using the newest valid one",
-                           err)
-    newest = latest_valid_checkpoint(run_dir)
-    if newest is None:
-        if ray_checkpoint_dir is not None:
-            raise CorruptCheckpointError(
-                f"checkpoint {ray_checkpoint_dir} is damaged and there is no other valid checkpoint in {run_dir} "
-                "to resume from; delete the run directory to start over"
-            )
-        return TrainerState(), None
-    return load_checkpoint(newest, model, ema.model, optimizer, scheduler), newest
+            skipped[directory.name] = str(err)
+    for _, directory in sorted(candidates, key=lambda c: c[0], reverse=True):
+        try:
+            return load_checkpoint(directory, model, ema.model, optimizer, scheduler), directory, skipped
+        except CorruptCheckpointError as err:
+            skipped[directory.name] = str(err)
+    if candidates or ray_checkpoint_dir is not None:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+        raise CorruptCheckpointError(
+            f"no checkpoint of {run_dir} verifies and loads ({reasons}); restore one, or delete the run directory "
+            "to start over"
+        )
+    return TrainerState(), None, skipped
 
 
 # --------------------------------------------------------------------------- the loop
@@ -316,7 +324,7 @@ def run_training_loop(
     ema = ExponentialMovingAverage(model, job.ema)
     optimizer = build_optimizer(model, job.optim)
     scheduler = build_scheduler(optimizer, job.optim, job.steps)
-    state, restored = restore_latest(run_dir, restore_from, model, ema, optimizer, scheduler)
+    state, restored, skipped = restore_latest(run_dir, restore_from, model, ema, optimizer, scheduler)
     start_step = state.step
     loss_module = prepare_model(TrainingLossModule(model))
     kind = model_kind(job.model.kind)
@@ -336,10 +344,9 @@ def run_training_loop(
     sample_clip: torch.Tensor | None = None  # the first clip this worker trains on (clip-to-clip samples)
     writer = _tensorboard_writer(run_dir) if job.tensorboard and rank == 0 else None
     if rank == 0:
-        damaged = {d.name: problem for d in checkpoint_dirs(run_dir) if (problem := checkpoint_problem(d))}
         _append_jsonl(run_dir / EVENTS_FILE, {
             "event": "start", "time": time.time(), "step": start_step, "world_size": world_size,
-            "resumed_from": str(restored) if restored else None, "damaged_checkpoints": damaged,
+            "resumed_from": str(restored) if restored else None, "damaged_checkpoints": skipped,
         })
 
     loss_names: list[str] | None = None
@@ -409,7 +416,9 @@ def run_training_loop(
         if diverged:
             break
         if rank == 0 and job.sample_every and state.step % job.sample_every == 0:
-            _write_training_sample(job, ema.model, run_dir, state.step, batches.sample_caption, sample_clip, tokenizer)
+            with finite_checks(False):  # a sample of a model that is going wrong is still worth writing
+                _write_training_sample(job, ema.model, run_dir, state.step, batches.sample_caption, sample_clip,
+                                       tokenizer)
 
     if status == "finished" and state.step == start_step:
         # nothing left to train (the run had already reached `steps`): still report once
