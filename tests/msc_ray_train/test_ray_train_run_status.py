@@ -94,3 +94,28 @@ def test_a_rerun_skips_a_poisoned_newest_checkpoint_and_says_so_without_a_progre
     assert [r["step"] for r in read_metrics(run_dir)][-1] == 6
     starts = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [s["step"] for s in starts] == [0, 2] and newest.name in starts[1]["damaged_checkpoints"]
+
+
+def test_ctrl_c_ends_the_run_with_status_130_naming_the_step_it_reached(make_job_dict, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the console script, as a terminal sends it) during training: Ray
+    Train aborts its run and exits; msc says where the run stopped and how to go on."""
+    import signal
+    import time
+
+    job = make_job_dict("interrupted", steps=100_000, checkpoint_every=10_000, log_every=1)
+    job["run"]["storage_path"] = "runs"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    process = subprocess.Popen([str(BIN / "msc"), "train", "job.yaml", "--no-progress"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "interrupted" / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while not (metrics.is_file() and len(read_metrics(metrics.parent)) >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    reached = read_metrics(metrics.parent)[-1]["step"]
+    assert f"msc: interrupted: training run 'interrupted' interrupted at step {reached}; " in stderr
+    assert "Traceback" not in stderr

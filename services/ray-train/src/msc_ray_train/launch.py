@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import socket
+import signal
 import sys
 import threading
 import time
@@ -378,14 +379,20 @@ def run_training(
             failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
         ),
     )
+    # Ray Train's fit() installs its own SIGINT handler (abort the run, then sys.exit, which
+    # ends with status 1 and no message) and leaves it installed; the previous handler is
+    # put back afterwards, and Ray's exit becomes the interrupt it stands for.
+    sigint_handler = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     try:
         with _ProgressMonitor(job, start_step, enabled=progress):
             result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise TrainingFailed(_failure_message(job, err)) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         raise KeyboardInterrupt(_interrupted_message(job)) from None
     finally:
+        if sigint_handler is not None:
+            signal.signal(signal.SIGINT, sigint_handler)
         if owns_ray:
             ray.shutdown()
     # The run's own last record says how it ended; Ray's result holds the metrics of the
