@@ -179,3 +179,27 @@ def test_a_cascade_refiner_decodes_the_generated_base_latents(tmp_path) -> None:
     assert loaded.refiner is not None and torch.equal(loaded(request), video)
     with pytest.raises(ValueError, match="a cascade refiner needs whole windows"):
         next(pipeline.stream(request))
+
+
+@pytest.mark.parametrize("name", ["ardiffusion-vae3d", "nova-vae3d"])
+def test_clamp_latents_bounds_samples_by_the_measured_bound_and_waits_for_it(name) -> None:
+    """`clamp_latents`: x0 estimates clamped to the bound measured on the data, so the sample
+    (the last x0 estimate) lies within it; a job may set it before its driver has measured
+    the normalisation (tokenizer_path set), but sampling without a bound is refused."""
+    generator = CASES[name]()[0]
+    bound = 0.05  # far below what the untrained generator produces
+    measured = normalization_for("grid", 4).model_copy(update={"bound": bound})
+    free = generator.generate(request_for(name, 3))
+    assert free.abs().max() > bound
+    config = generator.config.model_copy(update={"clamp_latents": True, "latent_normalization": measured})
+    clamped = type(generator)(config)
+    clamped.load_state_dict(generator.state_dict())
+    sample = clamped.eval().generate(request_for(name, 3))
+    assert sample.abs().max() <= bound + 1e-6
+    config_cls = type(generator.config)
+    waiting = config_cls.model_validate({**generator.config.model_dump(), "clamp_latents": True})
+    unmeasured = type(generator)(waiting).eval()
+    with pytest.raises(ValueError, match="clamp_latents needs latent_normalization with a measured bound"):
+        unmeasured.generate(request_for(name, 3))
+    with pytest.raises(ValueError, match="clamp_latents needs latent_normalization with a measured bound"):
+        config_cls.model_validate({**generator.config.model_dump(), "clamp_latents": True, "tokenizer_path": None})

@@ -152,7 +152,9 @@ def _configure_sample(parser: argparse.ArgumentParser) -> None:
                         help="how many frames of --prefix to keep (default: all up to frames - 1)")
     parser.add_argument("--offset", type=non_negative_int,
                         help="AD scheduler offset s (0: synchronous, steps: autoregressive)")
-    parser.add_argument("--steps", type=positive_int, default=50, help="denoising steps per frame (default 50)")
+    parser.add_argument("--steps", type=positive_int,
+                        help="denoising steps per frame (default 50; NOVA: set-by-set steps per frame, default "
+                        "the smaller of 8 and its tokens per frame)")
     parser.add_argument("--eta", type=non_negative_float, default=0.0,
                         help="DDIM noise: 0 deterministic (default), 1 ancestral")
     parser.add_argument("--class-label", type=int, help="class to generate (class-conditional models)")
@@ -192,6 +194,15 @@ def _output_file(out: Path, stream: bool = False) -> Path:
     return out
 
 
+def default_sample_steps(config: Any) -> int:
+    """`msc sample`'s steps per frame when `--steps` is not given: 50 DDIM steps; for NOVA
+    the set-by-set steps, which cannot exceed a frame's tokens (8, or fewer tokens)."""
+    if config.kind == "nova":
+        rows, cols = config.token_grid
+        return min(8, rows * cols)
+    return 50
+
+
 def _run_sample(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     out = _output_file(args.out, args.stream)
@@ -223,7 +234,10 @@ def _run_sample(args: argparse.Namespace) -> int:
             f"--caption is for text-conditional models (kind 'nova'); {args.model} holds a {config.kind!r} model"
         )
     if pipeline_dir is None and model_kind(config.kind).reproduce_clip is not None:
+        args.steps = args.steps or 50
         return _write_reproduction(args, model, out)
+    if args.steps is None:
+        args.steps = default_sample_steps(config)
     prefix = None
     if args.prefix is not None:
         max_frames = args.prefix_frames or args.frames - 1

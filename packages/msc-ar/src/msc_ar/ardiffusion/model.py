@@ -222,7 +222,12 @@ class ARDiffusionConfig(Config):
                 "clip_denoised clamps pixels to [-1, 1]; a latent model (tokenizer_path) must not: use clamp_latents "
                 "to clamp to the bound measured from the data"
             )
-        if self.clamp_latents and (self.latent_normalization is None or self.latent_normalization.bound is None):
+        # a training job measures the normalisation on its driver before the model is built
+        # (tokenizer_path set, latent_normalization not yet): the bound is checked when sampling
+        unmeasured = self.latent_normalization is None and self.tokenizer_path is not None
+        if self.clamp_latents and not unmeasured and (
+            self.latent_normalization is None or self.latent_normalization.bound is None
+        ):
             raise ValueError("clamp_latents needs latent_normalization with a measured bound")
         if self.num_classes is None and self.text_embed_dim is None and tf.cond_dim is not None:
             raise ValueError(
@@ -555,7 +560,10 @@ class ARDiffusion(nn.Module):
         if self.config.clip_denoised:
             return x0.clamp(-1, 1)
         if self.config.clamp_latents:
-            bound = self.config.latent_normalization.bound
+            normalization = self.config.latent_normalization
+            if normalization is None or normalization.bound is None:
+                raise ValueError("clamp_latents needs latent_normalization with a measured bound (not measured yet)")
+            bound = normalization.bound
             return x0.clamp(-bound, bound)
         return x0
 

@@ -118,7 +118,12 @@ class NovaConfig(Config):
                 f"clip_denoised={self.clip_denoised} would clamp latents as if they were pixels; latent models use "
                 "clamp_latents (the bound measured from the data) or no clamping"
             )
-        if self.clamp_latents and (self.latent_normalization is None or self.latent_normalization.bound is None):
+        # a training job measures the normalisation on its driver before the model is built
+        # (tokenizer_path set, latent_normalization not yet): the bound is checked when sampling
+        unmeasured = self.latent_normalization is None and self.tokenizer_path is not None
+        if self.clamp_latents and not unmeasured and (
+            self.latent_normalization is None or self.latent_normalization.bound is None
+        ):
             raise ValueError("clamp_latents needs latent_normalization with a measured bound")
         if self.text_encoder == "hf" and not self.text_encoder_path:
             raise ValueError("text_encoder='hf' needs text_encoder_path (a local Hugging Face model directory)")
@@ -141,6 +146,8 @@ class NovaConfig(Config):
         """The bound sampling clamps x0 estimates to: `clip_denoised` (pixels), the measured
         latent bound with `clamp_latents`, else None."""
         if self.clamp_latents:
+            if self.latent_normalization is None or self.latent_normalization.bound is None:
+                raise ValueError("clamp_latents needs latent_normalization with a measured bound (not measured yet)")
             return self.latent_normalization.bound
         return self.clip_denoised
 
