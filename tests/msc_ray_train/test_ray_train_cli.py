@@ -92,8 +92,8 @@ def test_unknown_subcommand_and_unknown_job_name_exit_2_with_one_line(tmp_path: 
     unknown = msc("trian", "demo")
     assert unknown.returncode == 2 and unknown.stdout == ""
     assert unknown.stderr.splitlines() == [
-        "msc: error: unknown command 'trian'; installed commands: cascade, data, demo, export, sample, train "
-        "(see msc --help)"
+        "msc: error: unknown command 'trian'; installed commands: cascade, data, demo, export, runtime, sample, "
+        "train (see msc --help)"
     ]
     job = msc("train", "demoo", cwd=tmp_path)
     assert job.returncode == 2
@@ -170,3 +170,15 @@ def test_relative_paths_in_a_job_resolve_where_msc_train_runs(tmp_path: Path, ma
     from msc_ray_train.job import TrainJob
 
     assert TrainJob.from_dict(sent).run_dir == tmp_path / "runs" / "relative"
+
+
+def test_sample_steps_default_to_what_the_model_can_take() -> None:
+    """`msc sample` without --steps: 50 DDIM steps per frame; NOVA reveals a frame's tokens
+    set by set, so at most its tokens per frame (8 by default): 50 used to be refused."""
+    from msc_ar.ardiffusion import ARDiffusionConfig
+    from msc_ar.nova import NovaConfig
+    from msc_ray_train.commands import default_sample_steps
+
+    assert default_sample_steps(ARDiffusionConfig.preset("tiny")) == 50
+    assert default_sample_steps(NovaConfig.tiny(sample_size=(8, 8), patch_size=2)) == 8  # 16 tokens
+    assert default_sample_steps(NovaConfig.tiny(sample_size=(4, 4), patch_size=2)) == 4  # 4 tokens

@@ -185,11 +185,20 @@ def installed_commands() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)}
 
 
+COMMAND_FIELDS = ("name", "help", "configure", "run", "example", "description")
+
+
 def load_command(entry_point: metadata.EntryPoint) -> Command:
+    """The `Command` an entry point names; an object with the same attributes is converted (a
+    package that must not import msc_core, such as msc-runtime, registers one)."""
     command = entry_point.load()
-    if not isinstance(command, Command):
-        raise TypeError(f"entry point {entry_point.value} ({ENTRY_POINT_GROUP}) is not an msc_core.cli.Command")
-    return command
+    if isinstance(command, Command):
+        return command
+    missing = [f for f in COMMAND_FIELDS if not hasattr(command, f)]
+    if missing:
+        raise TypeError(f"entry point {entry_point.value} ({ENTRY_POINT_GROUP}) is not an msc_core.cli.Command "
+                        f"nor an object with its attributes (lacks {', '.join(missing)})")
+    return Command(**{f: getattr(command, f) for f in COMMAND_FIELDS})
 
 
 def package_versions() -> str:
