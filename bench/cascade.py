@@ -22,8 +22,8 @@
    - `vae_recon_*`: the VAE's own reconstruction of `x` (the ceiling for the cascade,
      which can only be as sharp as the VAE decoder).
    PSNR / SSIM from `msc_data.metrics` (per frame, averaged over frames and clips).
-4. ONNX: the VAE decoder, the AR-VAE decoder (tiny, untrained) and the sr cascade step
-   are exported (`msc_cascade.onnx_export`); `onnx_parity_max_abs_err` is each export's
+4. ONNX: the VAE decoder and encoder, the AR-VAE decoder (tiny, untrained) and the sr
+   cascade step are exported (`msc_cascade.onnx_export`); `onnx_parity_max_abs_err` is each export's
    parity check at a batch size / frame count different from the export, plus a full
    `OnnxCascadeDecoder.decode` vs `CascadeDecoder.decode`.
    `torch_ms` / `ort_ms`: median wall time on CPU, same thread count for both, of one
@@ -316,10 +316,10 @@ def main() -> None:
         log(json.dumps(result))
         log("exporting to ONNX")
         onnx_model = sr
-        if sr.config.conditioning != "latent":  # the ONNX Runtime runner has no VAE encoder: time the same DiT
+        if sr.config.conditioning != "latent":  # the ONNX Runtime runners refuse pixel conditioning: time the same DiT
             onnx_model = CascadeModel(sr.config.replace(conditioning="latent")).eval()
             onnx_model.dit.load_state_dict(sr.dit.state_dict())
-            result["onnx_model"] = "the sr DiT with conditioning='latent' (the runner has no VAE encoder)"
+            result["onnx_model"] = "the sr DiT with conditioning='latent' (the ONNX runners refuse pixel conditioning)"
         result.update(onnx_section(onnx_model, heldout_sr, tmp / "onnx"))
     sr_r, fps_r = result["sr"], result["fps"]
     result["sr_beats_bicubic"] = {

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from msc_cascade.cascade_decoder import CascadeDecoder, CascadeDecodeSettings
-from msc_cascade.cascade_sampling import ddim_refine, initial_noise
+from msc_cascade.cascade_sampling import ddim_refine, seeded_noise
 from msc_cascade.dit import upsample_base_latent
 from msc_cascade.latent_windows import piece_spans
 
@@ -16,7 +16,7 @@ def clip(shape, seed=0):
 def test_single_window_and_tile_is_the_plain_refine(make_cascade):
     model = make_cascade("fps")
     base = torch.randn(2, 4, 3, 4, 4)
-    plain = model.refine(base, generator=torch.Generator().manual_seed(7))
+    plain = model.refine(base, noise=seeded_noise((2, 4, 9, 4, 4), 7, torch.device("cpu"), torch.float32))
     covering = CascadeDecoder(model, CascadeDecodeSettings(window_frames=9, tile_size=4))  # >= the 9 x 4 x 4 target
     assert torch.equal(covering.refine(base, seed=7), plain)
     assert torch.equal(CascadeDecoder(model).decode(base, seed=7), covering.decode(base, seed=7))
@@ -30,7 +30,7 @@ def test_windows_cross_fade_convexly_and_equal_each_window_where_alone(make_casc
     out = decoder.refine(base, seed=2)
     # each window refined alone (the DDIM loop), from the same slice of the clip's noise
     base_up = upsample_base_latent(base, (5, 2, 2))
-    noise = initial_noise(tuple(base_up.shape), torch.Generator().manual_seed(2), base_up.device, base_up.dtype)
+    noise = seeded_noise(tuple(base_up.shape), 2, base_up.device, base_up.dtype)
     grid = model.timestep_grid()
     first = ddim_refine(model.denoise_step, base_up[:, :, 0:3], noise[:, :, 0:3], grid)
     second = ddim_refine(model.denoise_step, base_up[:, :, 2:5], noise[:, :, 2:5], grid)
@@ -47,7 +47,7 @@ def test_spatial_tiles_blend_convexly(make_cascade):
     decoder = CascadeDecoder(model, CascadeDecodeSettings(tile_size=6, tile_overlap=2))
     out = decoder.refine(base, seed=0)
     base_up = upsample_base_latent(base, (1, 8, 8))
-    noise = initial_noise(tuple(base_up.shape), torch.Generator().manual_seed(0), base_up.device, base_up.dtype)
+    noise = seeded_noise(tuple(base_up.shape), 0, base_up.device, base_up.dtype)
     grid = model.timestep_grid()
     pieces = {(h0, w0): ddim_refine(model.denoise_step, base_up[..., h0:h0 + 6, w0:w0 + 6], noise[..., h0:h0 + 6, w0:w0 + 6], grid)
               for h0 in (0, 2) for w0 in (0, 2)}
@@ -104,7 +104,7 @@ def test_temperature_scales_the_initial_noise_and_zero_is_seed_independent(make_
     base = torch.randn(1, 4, 2, 1, 1)
     for temperature in (0.5, 0.0):
         decoder = CascadeDecoder(model, CascadeDecodeSettings(temperature=temperature))
-        noise = initial_noise((1, 4, 2, 4, 4), torch.Generator().manual_seed(5), torch.device("cpu"), torch.float32)
+        noise = seeded_noise((1, 4, 2, 4, 4), 5, torch.device("cpu"), torch.float32)
         expected = model.refine(base, noise=temperature * noise)
         assert torch.equal(decoder.refine(base, seed=5), expected)
     cold = CascadeDecoder(model, CascadeDecodeSettings(temperature=0.0))

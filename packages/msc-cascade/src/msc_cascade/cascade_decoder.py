@@ -4,8 +4,10 @@
 
 1. the DiT's condition at the target size (`condition`: the scaled base latent upsampled in
    latent space, or, with pixel conditioning, decoded, upsampled in pixels and re-encoded);
-2. draw the clip's noise from `seed` (CPU generator: the same noise on every device),
-   scaled by `settings.temperature` (0: no noise, a deterministic decode);
+2. draw the clip's noise from `seed` with numpy (`cascade_sampling.seeded_noise`:
+   `np.random.default_rng(seed)`, float32), so the same seed gives the same noise on every
+   device and in msc_runtime (ONNX Runtime, no torch); scaled by `settings.temperature`
+   (0: no noise, a deterministic decode);
 3. refine with DDIM in sliding temporal windows x spatial tiles, cross-faded in the
    overlaps (`latent_windows`); one window/tile covering the clip is the plain `refine`;
 4. decode the target latent with the VAE, in spatial tiles (`spatial_tiling.tiled_map`)
@@ -27,7 +29,7 @@ import torch
 from pydantic import Field, model_validator
 
 from msc_cascade.cascade_model import CascadeConfig, CascadeModel, cascade_target_size
-from msc_cascade.cascade_sampling import ddim_refine, initial_noise
+from msc_cascade.cascade_sampling import ddim_refine, seeded_noise
 from msc_cascade.dit import upsample_base_latent
 from msc_cascade.latent_windows import count_pieces, refine_in_pieces
 from msc_core.checkpoint import from_pretrained, read_config_kind, resolve_pretrained
@@ -135,10 +137,11 @@ class CascadeDecodePipeline:
 
     @torch.no_grad()
     def refine(self, base_latents: torch.Tensor, seed: int = 0, progress: ProgressFn | None = None) -> torch.Tensor:
-        """Base latents `[B, C, t, h, w]` -> target latents, deterministic for a given `seed`."""
+        """Base latents `[B, C, t, h, w]` -> target latents, deterministic for a given `seed`
+        (numpy noise, `seeded_noise`: equal in msc_runtime)."""
         scale = self.config.latent_scale
         base_up = self.condition(base_latents)
-        noise = initial_noise(tuple(base_up.shape), torch.Generator().manual_seed(seed), base_up.device, base_up.dtype)
+        noise = seeded_noise(tuple(base_up.shape), seed, base_up.device, base_up.dtype)
         noise = noise * self.settings.temperature
         grid = ddim_timestep_grid(self.config.num_timesteps, self.steps)
         total, done = self.work_units(base_latents), 0

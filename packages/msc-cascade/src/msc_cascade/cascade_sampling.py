@@ -8,12 +8,17 @@ runner (which plugs its own `step_fn`), so every backend runs the same loop:
 - `ddim_refine`: start from noise at `grid[0] = T - 1` and take `len(grid) - 1` steps to
   `grid[-1] = -1` (clean), `grid` from `msc_core.diffusion.ddim_timestep_grid`.
 - `target_latent_size`: where a base latent lands in each mode (the frame arithmetic).
+- `seeded_noise`: the initial noise of a cascade DECODE from an integer seed, drawn with
+  numpy (`np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)`), so
+  msc_runtime reproduces it without torch; `initial_noise` (a torch.Generator) is the
+  noise of `CascadeModel.refine` / training samples.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -94,3 +99,13 @@ def initial_noise(
     the same noise whichever device the model runs on."""
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(device, dtype)
+
+
+def seeded_noise(shape: tuple[int, ...], seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal noise of a cascade decode: `np.random.default_rng(seed).standard_normal(shape,
+    dtype=np.float32)`, so a seed gives the same noise on every device and in msc_runtime's
+    ONNX Runtime decoder (numpy only)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    noise = np.random.default_rng(int(seed)).standard_normal(shape, dtype=np.float32)
+    return torch.from_numpy(noise).to(device, dtype)

@@ -1,8 +1,9 @@
 """`msc cascade upscale` and `msc export`: the subcommands msc-cascade adds to `msc`.
 
     msc cascade upscale IN.mp4 OUT.mp4 --model DIR [--mode sr|fps]   # also `msc-cascade upscale`
-    msc export cascade --model DIR --out DIR     # cascade_step.onnx + vae_decoder.onnx (also `msc-export`)
+    msc export cascade --model DIR --out DIR     # cascade_step.onnx + vae_decoder.onnx + vae_encoder.onnx
     msc export vae --model DIR --out FILE.onnx   # CausalVAE3D decoder chunk (explicit causal cache)
+    msc export vae-encoder --model DIR --out FILE.onnx  # CausalVAE3D encoder (the posterior mean)
     msc export arvae --model DIR --out FILE.onnx # ARVAE decoder (explicit key/value cache)
     msc export check FILE.onnx                   # what a file holds; exit 2 if it is not an msc graph
 
@@ -19,6 +20,12 @@ center-cropped to multiples of `s` (both reported).
 
 Each export is checked with `onnx.checker` and a parity run in ONNX Runtime at a batch
 size and frame count different from the export example; the report is printed as JSON.
+`--strict` refuses a graph that `torch.export` cannot trace instead of falling back to
+`torch.export.draft_export` with a warning (the cascade step is traced with draft_export
+by design; `msc_cascade.onnx_export`). `check` reads the graph kind from the file's
+`msc.graph` metadata, validates the metadata and the signature against msc_runtime's
+contract, and prints the kind, description, version, producer, metadata and every input
+and output with its element type and named shape (JSON); `msc export` is also `msc-export`.
 MODEL is a run folder, an exported `model/` folder or a `checkpoint_*` folder. Errors
 print one line and exit with code 2. Registered under the `msc.commands` entry-point
 group (msc_core.cli); torch and the models are imported when a command runs.
@@ -153,23 +160,30 @@ CASCADE = Command(
 
 def _configure_export(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="export_command", required=True, metavar="SUBCOMMAND")
-    cascade = add_subcommand(sub, "cascade", "cascade step + VAE decoder, for OnnxCascadeDecoder",
-                             "msc export cascade --model msc-runs/cascade-sr --out cascade-onnx")
+    cascade = add_subcommand(sub, "cascade", "cascade step + VAE decoder + VAE encoder, for OnnxCascadeDecoder and "
+                             "msc runtime", "msc export cascade --model msc-runs/cascade-sr --out cascade-onnx")
     add_model_argument(cascade, legacy=["--checkpoint"], help="the cascade: run folder, exported model/ folder "
                        "or checkpoint_* folder")
     cascade.add_argument("--vae-path", type=Path, help="override the VAE directory recorded in the model")
     cascade.add_argument("--out", type=Path, required=True, help="output directory")
-    for name, what in (("vae", "CausalVAE3D"), ("arvae", "ARVAE")):
-        p = add_subcommand(sub, name, f"{what} decoder", f"msc export {name} --model msc-runs/{name} --out {name}.onnx")
-        add_model_argument(p, help=f"the {what}: run folder, exported model/ folder or checkpoint_* folder")
-        p.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    for name, what, default in (("vae", "CausalVAE3D decoder", "vae_decoder.onnx"),
+                                ("vae-encoder", "CausalVAE3D encoder", "vae_encoder.onnx"),
+                                ("arvae", "ARVAE decoder", "arvae_decoder.onnx")):
+        model = "vae3d" if name.startswith("vae") else name
+        p = add_subcommand(sub, name, what, f"msc export {name} --model msc-runs/{model} --out {default}")
+        add_model_argument(p, help=f"the {what.split()[0]}: run folder, exported model/ folder or checkpoint_* folder")
+        p.add_argument("--out", type=Path, required=True, help=f"output .onnx file (e.g. {default})")
     for p in sub.choices.values():
-        p.add_argument("--opset", type=positive_int, help="ONNX opset (default: msc_cascade.onnx_export.DEFAULT_OPSET)")
+        p.add_argument("--opset", type=positive_int, help="ONNX opset (default: msc_core.onnx_export.DEFAULT_OPSET)")
+        p.add_argument("--strict", action="store_true",
+                       help="fail when torch.export cannot trace a graph instead of falling back to draft_export "
+                       "(the cascade step uses draft_export by design)")
         add_threads_flag(p, default=None)
         p.set_defaults(run=export)
-    check = add_subcommand(sub, "check", "validate an ONNX file written by msc export", "msc export check vae.onnx")
+    check = add_subcommand(sub, "check", "validate an ONNX file written by msc export and print its signature",
+                           "msc export check vae_decoder.onnx")
     check.add_argument("file", type=Path)
-    check.set_defaults(run=export, threads=None, opset=None)
+    check.set_defaults(run=export, threads=None, opset=None, strict=False)
 
 
 def _describe(report: Any) -> dict:
@@ -190,6 +204,68 @@ def check_opset(opset: int) -> None:
         raise ValueError(f"--opset {opset}: the exporter writes ONNX opsets {MIN_OPSET} to {newest}; use one of those")
 
 
+_ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64",
+               16: "bfloat16"}
+
+
+def describe_graph(path: Path) -> dict[str, Any]:
+    """What `msc export check` prints: the kind (from `msc.graph`), description, version, producer,
+    metadata, and each input/output with its element type and named shape.
+
+    The metadata is read with `onnx` and validated first (`msc_runtime.graphs.validate_metadata`,
+    any kind), then the file is opened the way its runner opens it
+    (`msc_runtime.sessions.open_session`: the signature, and ONNX Runtime can load it): a
+    corrupt or foreign file, or metadata / a signature that does not match the contract,
+    raises one error naming the file and what was expected."""
+    import onnx
+
+    from msc_runtime.graphs import GRAPH_DESCRIPTIONS, GRAPH_KINDS, OnnxModelError, validate_metadata
+    from msc_runtime.sessions import open_session
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf errors have many types
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise OnnxModelError(f"{path} is not a valid ONNX model ({type(err).__name__}: {detail}); expected "
+                             f"{' or '.join(GRAPH_DESCRIPTIONS[k] for k in GRAPH_KINDS)}") from None
+    info = validate_metadata(path, GRAPH_KINDS, {p.key: p.value for p in proto.metadata_props})
+    graph = open_session(path, info.kind, providers=["CPUExecutionProvider"])
+
+    def tensors(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param if d.HasField("dim_param") else d.dim_value if d.HasField("dim_value") else None
+                     for d in t.shape.dim]
+            out.append({"name": v.name, "type": _ELEM_TYPES.get(t.elem_type, str(t.elem_type)), "shape": shape})
+        return out
+
+    def value(text: str) -> Any:
+        if text[:1] in "[{":
+            try:
+                return json.loads(text)
+            except ValueError:
+                return text
+        return text
+
+    data = sorted({entry.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                   for entry in t.external_data if entry.key == "location"})
+    return {
+        "file": str(path),
+        "graph": graph.kind,
+        "description": proto.doc_string,
+        "version": proto.model_version,
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "format": graph.info.format,
+        "exporter": graph.info.exporter,
+        "opset": graph.info.opset,
+        "external_data": ", ".join(data) or None,  # the weights file(s) beside the graph, if any
+        "inputs": tensors(proto.graph.input),
+        "outputs": tensors(proto.graph.output),
+        "metadata": {key: value(text) for key, text in graph.metadata.items()},
+    }
+
+
 def export(args: argparse.Namespace) -> int:
     """Run `msc export ...` (parsed arguments)."""
     set_threads(args.threads)
@@ -202,48 +278,43 @@ def export(args: argparse.Namespace) -> int:
         from msc_core.checkpoint import resolve_pretrained
 
         resolve_pretrained(args.model)
+    if args.export_command == "check":  # onnx and msc_runtime only: no torch import
+        try:
+            import onnx  # noqa: F401
+        except ImportError as err:
+            raise ModuleNotFoundError(f"msc export check needs the 'onnx' extra: pip install 'msc-cascade[onnx]' ({err})") from None
+        print(json.dumps(describe_graph(args.file), indent=2))
+        return 0
     from msc_cascade.cascade_decoder import load_cascade
     from msc_cascade.onnx_export import (
         DEFAULT_OPSET,
-        GRAPH_KEY,
-        GRAPH_KINDS,
-        OnnxModelError,
         export_arvae_decoder,
         export_cascade,
         export_vae_decoder,
-        read_graph_metadata,
+        export_vae_encoder,
     )
     from msc_core.checkpoint import from_pretrained
     from msc_tokenizers import ARVAE, CausalVAE3D
 
     opset = args.opset or DEFAULT_OPSET
-    if args.export_command != "check":
-        check_opset(opset)
+    check_opset(opset)
     if args.export_command == "cascade":
         model = load_cascade(args.model, vae_path=args.vae_path)
-        reports = export_cascade(model, args.out, opset)
+        reports = export_cascade(model, args.out, opset, strict=args.strict)
         print(json.dumps({k: _describe(r) for k, r in reports.items()}, indent=2))
-    elif args.export_command == "vae":
-        print(json.dumps(_describe(export_vae_decoder(from_pretrained(CausalVAE3D, args.model), args.out, opset)), indent=2))
-    elif args.export_command == "arvae":
-        print(json.dumps(_describe(export_arvae_decoder(from_pretrained(ARVAE, args.model), args.out, opset)), indent=2))
-    elif args.export_command == "check":
-        for kind in GRAPH_KINDS:  # the error of the first kind tells what is wrong with a foreign file
-            try:
-                metadata = read_graph_metadata(args.file, kind)
-            except OnnxModelError as err:
-                if "holds a" in str(err):
-                    continue
-                raise
-            print(json.dumps({"file": str(args.file), **metadata}, indent=2))
-            return 0
-        raise OnnxModelError(f"{args.file} has a '{GRAPH_KEY}' that is none of {GRAPH_KINDS}")
+        return 0
+    exporters = {"vae": (CausalVAE3D, export_vae_decoder), "vae-encoder": (CausalVAE3D, export_vae_encoder),
+                 "arvae": (ARVAE, export_arvae_decoder)}
+    model_class, export_graph = exporters[args.export_command]
+    report = export_graph(from_pretrained(model_class, args.model), args.out, opset, strict=args.strict)
+    print(json.dumps(_describe(report), indent=2))
     return 0
 
 
 EXPORT = Command(
     name="export",
-    help="export the decoders to ONNX (VAE, AR-VAE, cascade step) and check ONNX files",
+    help="export the tokenizers and the cascade step to ONNX (VAE decoder and encoder, AR-VAE decoder, cascade) and "
+    "check ONNX files",
     configure=_configure_export,
     run=lambda args: None,  # a subcommand is required; each sets its own runner
     example="msc export vae --model msc-runs/vae3d --out vae_decoder.onnx",

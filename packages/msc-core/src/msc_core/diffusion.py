@@ -9,7 +9,8 @@ Conventions used by every msc package:
 - Timesteps are **per frame**: `t` is `[B, T]` (or `[B]` for one timestep per sample)
   and `frame_dim` names the axis of `x` that holds the frames: 2 for grid latents or
   video `[B, C, T, H, W]`, 1 for token latents `[B, T, L, D]`.
-- Coefficients are computed in float64 and cast to the dtype of `x`.
+- Coefficients are computed in float64 (in float32 from a float32 table, as in exported
+  ONNX graphs) and cast to the dtype of `x`.
 """
 
 from __future__ import annotations
@@ -104,9 +105,11 @@ def per_frame(values: torch.Tensor, x: torch.Tensor, frame_dim: int) -> torch.Te
 
 
 def alpha_bar_at(t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """alpha_bar at integer timesteps (any shape), with alpha_bar(-1) = 1; float64."""
+    """alpha_bar at integer timesteps (any shape), with alpha_bar(-1) = 1; float64, or
+    float32 for a float32 table (what ONNX exporters pass: graphs hold no float64)."""
     _check_timesteps(t, alphas_cumprod.shape[0])
-    table = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod.to(torch.float64)])
+    dtype = torch.float32 if alphas_cumprod.dtype == torch.float32 else torch.float64
+    table = torch.cat([alphas_cumprod.new_ones(1, dtype=dtype), alphas_cumprod.to(dtype)])
     return table.to(t.device)[t + 1]
 
 

@@ -331,6 +331,11 @@ def load_onnx_decoder(tokenizer_dir: Path, kind: str, providers: list[str] | Non
             f"{path} not found: export the tokenizer's decoder first (msc export {kind} --model {tokenizer_dir} "
             f"--out {path})"
         )
+    if kind not in registered("onnx_decoder"):
+        raise ModuleNotFoundError(
+            f"decoding {path} needs an ONNX Runtime runner for {kind!r} latents (entry points "
+            f"{GROUPS['onnx_decoder']}): pip install 'msc-runtime[cpu]' or 'msc-runtime[gpu]'"
+        )
     runner = load_registered("onnx_decoder", kind)
     return runner(path, providers=providers)
 
