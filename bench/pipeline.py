@@ -15,6 +15,12 @@ learned. AD scheduler with S = 10 DDIM steps per frame and its default offset.
   above the memory after the models are loaded and warmed up; `stream_peak_ratio_64_16`
   (target: within 10%, i.e. <= 1.10). Measured per fresh subprocess with one thread and
   a fixed malloc mmap threshold, so RSS follows live memory (as bench/tokenizers.py).
+  The AR-VAE's decoder attends to every past frame (its key/value cache grows by one
+  frame's tokens per frame, AR-Diffusion §3.1: a temporally causal decoder), so this
+  pairing's memory grows with the video by design. `vae3d_stream_peak_mb` at 17 and 65
+  frames (5 and 17 latent frames): AR-Diffusion on the `small` CausalVAE3D, whose causal
+  chunk cache has a fixed size; `vae3d_stream_peak_ratio_65_17` (target <= 1.10). Both
+  generators keep a sliding window of their training length.
 - `stream_vs_full_max_err`: max |streamed frame - whole-call frame| (same seed).
 - `onnx_vs_torch_decode_max_err`: the exported AR-VAE decoder in ONNX Runtime against
   the PyTorch decoder on the same generated latents (needs msc-cascade[onnx]); also
@@ -45,7 +51,29 @@ from msc_tokenizers import ARVAE, ARVAEConfig, CausalVAE3D, CausalVAE3DConfig
 STEPS = 10
 
 
-def build_pipeline(seed: int = 0) -> VideoPipeline:
+def build_vae3d_pipeline(seed: int = 0) -> VideoPipeline:
+    """AR-Diffusion on the `small` CausalVAE3D's latents (16 channels, 8x8 per 64x64 frame,
+    4x temporal compression), as jobs/latent-nova-vae.yaml pairs NOVA with it."""
+    torch.manual_seed(seed)
+    tokenizer = CausalVAE3D(CausalVAE3DConfig.preset("small")).eval()
+    config = ARDiffusionConfig.preset(
+        "tiny",
+        data=dict(input_layout="grid", channels=16, num_frames=3, height=8, width=8),
+        transformer=dict(patch_size=2, dim=96, depth=4, num_heads=4, window=3, temporal_window=3,
+                         temporal_stride=2, pool=2, max_pool=None),
+        tokenizer_path="bench",
+    )
+    generator = ARDiffusion(config).eval()
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    norm = LatentNormalization(layout="grid", shift=(0.0,) * 16, scale=(1.0,) * 16)
+    return VideoPipeline(generator, tokenizer, norm)
+
+
+def build_pipeline(seed: int = 0, pairing: str = "arvae") -> VideoPipeline:
+    if pairing == "vae3d":
+        return build_vae3d_pipeline(seed)
     torch.manual_seed(seed)
     tokenizer = ARVAE(ARVAEConfig.preset("small")).eval()
     spec = tokenizer.latent_spec
@@ -98,10 +126,10 @@ def proc_status_mb(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def memory_probe(frames: int) -> dict[str, float]:
+def memory_probe(frames: int, pairing: str = "arvae") -> dict[str, float]:
     torch.set_num_threads(1)
-    pipeline = build_pipeline()
-    for _ in pipeline.stream(request(2)):  # warm-up: one-off kernel and cache costs
+    pipeline = build_pipeline(pairing=pairing)
+    for _ in pipeline.stream(request(5 if pairing == "vae3d" else 2)):  # warm-up: one-off kernel and cache costs
         pass
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS
@@ -114,11 +142,12 @@ def memory_probe(frames: int) -> dict[str, float]:
     return {"peak_mb": peak - before}
 
 
-def measure_memory(frames_list: tuple[int, ...]) -> dict[str, float]:
+def measure_memory(frames_list: tuple[int, ...], pairing: str = "arvae") -> dict[str, float]:
     out = {}
     for frames in frames_list:
         result = subprocess.run(
-            [sys.executable, __file__, "--memory-probe", str(frames)], capture_output=True, text=True, check=True,
+            [sys.executable, __file__, "--memory-probe", str(frames), "--pairing", pairing],
+            capture_output=True, text=True, check=True,
             env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
         )
         out[str(frames)] = round(json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"], 2)
@@ -164,9 +193,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--pairing", choices=("arvae", "vae3d"), default="arvae", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
-        print(json.dumps(memory_probe(args.memory_probe)))
+        print(json.dumps(memory_probe(args.memory_probe, args.pairing)))
         return
     pipeline = build_pipeline()
     result: dict[str, object] = {"frames": args.frames, "ddim_steps": STEPS, "threads": torch.get_num_threads()}
@@ -174,9 +204,14 @@ def main() -> None:
     memory = measure_memory((16, 64))
     result["stream_peak_mb"] = memory
     result["stream_peak_ratio_64_16"] = round(memory["64"] / memory["16"], 3) if memory["16"] > 0 else None
+    vae3d = measure_memory((17, 65), pairing="vae3d")  # 1 + 4k video frames: 5 and 17 latent frames
+    result["vae3d_stream_peak_mb"] = vae3d
+    result["vae3d_stream_peak_ratio_65_17"] = round(vae3d["65"] / vae3d["17"], 3) if vae3d["17"] > 0 else None
     result.update(onnx_errors(pipeline))
     result["first_frame_ratio_ok"] = result["first_frame_ratio"] <= 0.25
     result["memory_flat_ok"] = result["stream_peak_ratio_64_16"] is not None and result["stream_peak_ratio_64_16"] <= 1.10
+    ratio = result["vae3d_stream_peak_ratio_65_17"]
+    result["vae3d_memory_flat_ok"] = ratio is not None and ratio <= 1.10
     print(json.dumps(result))
 
 
