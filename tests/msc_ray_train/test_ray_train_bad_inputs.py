@@ -10,6 +10,7 @@ the console scripts call; no case starts Ray (validation happens before it start
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -149,6 +150,7 @@ class Case:
     argv: Callable[[dict, Path], list[str]]  # (files, tmp) -> argv after `msc`
     message: str  # a regex the one error line must match
     code: int = 2
+    needs_onnx: bool = False  # without the onnx extra (msc-ray-train alone), the error names the extra
 
 
 def train(**changes: Any) -> Callable[[dict, Path], list[str]]:
@@ -364,12 +366,13 @@ CASES = [
     Case("export-wrong-kind", lambda f, t: ["export", "vae", "--model", str(f / "cascade"), "--out", str(t / "v.onnx")],
          r"config.json holds a 'cascade' model, not a 'vae3d' \(CausalVAE3D\)"),
     Case("export-opset-too-old", lambda f, t: ["export", "vae", "--model", str(f / "vae"), "--out", str(t / "v.onnx"),
-                                               "--opset", "5"], r"--opset 5: the exporter writes ONNX opsets 18 to \d+"),
+                                               "--opset", "5"], r"--opset 5: the exporter writes ONNX opsets 18 to \d+",
+         needs_onnx=True),
     Case("export-cascade-missing", lambda f, t: ["export", "cascade", "--model", str(t / "nope"), "--out", str(t / "o")],
          r"model not found: .*nope"),
     Case("export-check-missing", lambda f, t: ["export", "check", str(t / "none.onnx")], r"none.onnx"),
     Case("export-check-corrupt", lambda f, t: ["export", "check", str(f / "corrupt.onnx")],
-         r"corrupt.onnx is not a valid ONNX model"),
+         r"corrupt.onnx is not a valid ONNX model", needs_onnx=True),
 ]
 
 
@@ -386,7 +389,10 @@ def test_a_mistake_gets_one_line_naming_it_and_a_clear_exit_status(
     monkeypatch.chdir(tmp_path)
     if case.id == "relative-storage-under-job-submit":
         monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets in a submitted job's driver
-    assert_one_clean_error_line(msc_main(case.argv(files, tmp_path)), capsys, case.code, case.message)
+    message = case.message
+    if case.needs_onnx and not all(importlib.util.find_spec(m) for m in ("onnx", "msc_runtime")):
+        message = r"needs? the 'onnx' extra: pip install 'msc-cascade\[onnx\]'"
+    assert_one_clean_error_line(msc_main(case.argv(files, tmp_path)), capsys, case.code, message)
 
 
 @pytest.mark.parametrize("name", ["foreign", "stamped"])

@@ -274,10 +274,16 @@ def export(args: argparse.Namespace) -> int:
     # what the user named is checked before the onnx extra is needed
     if args.export_command == "check" and not Path(args.file).is_file():
         raise FileNotFoundError(f"ONNX file not found: {args.file}")
-    if args.export_command != "check":
-        from msc_core.checkpoint import resolve_pretrained
+    if args.export_command != "check":  # the model the user named, before the onnx extra is needed
+        from msc_core.checkpoint import read_config_kind, resolve_pretrained
 
-        resolve_pretrained(args.model)
+        kinds = {"cascade": "cascade", "vae": "vae3d", "vae-encoder": "vae3d", "arvae": "arvae"}
+        names = {"cascade": "CascadeModel", "vae3d": "CausalVAE3D", "arvae": "ARVAE"}
+        files = resolve_pretrained(args.model)
+        found, wanted = read_config_kind(files.config), kinds[args.export_command]
+        if found != wanted:
+            raise ValueError(f"{files.config} holds a {found!r} model, not a {wanted!r} ({names[wanted]}): "
+                             f"msc export {args.export_command} exports a {names[wanted]}")
     if args.export_command == "check":  # onnx and msc_runtime only: no torch import
         try:
             import onnx  # noqa: F401
