@@ -42,7 +42,7 @@ from msc_cascade.cascade_sampling import (
 from msc_cascade.dit import CascadeDiT, CascadeDiTConfig, upsample_base_latent
 from msc_core.checkpoint import from_pretrained
 from msc_core.config import Config
-from msc_core.diffusion import BETA_SCHEDULES, ddim_timestep_grid, make_alphas_cumprod, q_sample
+from msc_core.diffusion import BETA_SCHEDULES, ddim_timestep_grid, make_alphas_cumprod, q_sample, state_dtype
 from msc_core.interfaces import LatentSpec
 from msc_core.validation import check_positive_int, check_tensor, check_values, check_video, trusted_inputs
 from msc_tokenizers import CausalVAE3D
@@ -274,7 +274,8 @@ class CascadeModel(nn.Module):
             return upsample_base_latent(base * scale, size)
         with trusted_inputs():  # checked above; the VAE's own output in between
             video = self.upsample_base_video(self.vae.decode(base).clamp(-1, 1))
-            return self.vae.encode(video) * scale
+            latents = self.vae.encode(video)  # in the VAE's parameter dtype (bf16 for a bf16 model)
+            return latents.to(state_dtype(latents.dtype)) * scale  # the condition is float32 state
 
     def denoise_step(self, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor) -> torch.Tensor:
         """One DDIM step in the scaled latent space (the graph `onnx_export` exports)."""

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from msc_core.diffusion import convert_prediction, ddim_step
+from msc_core.validation import model_dtype
 
 CascadeMode = Literal["sr", "fps"]
 CASCADE_MODES: tuple[str, ...] = ("sr", "fps")
@@ -48,8 +49,15 @@ def target_latent_size(mode: str, factor: int, base_size: tuple[int, int, int]) 
 
 
 def cascade_prediction(dit: nn.Module, x_t: torch.Tensor, base_up: torch.Tensor, t: torch.Tensor, residual: bool) -> torch.Tensor:
-    """The DiT's output in its prediction space; with `residual`, `base_up + DiT(...)` (x0)."""
-    pred = dit(x_t, base_up, t)
+    """The DiT's output in its prediction space; with `residual`, `base_up + DiT(...)` (x0).
+
+    Precision contract: `x_t` and `base_up` are the float32 diffusion state; the DiT runs in
+    its parameters' dtype (bf16 parameters get bf16 inputs) and its output comes back in
+    the state's dtype."""
+    dtype = model_dtype(dit, x_t.dtype)
+    pred = dit(x_t.to(dtype), base_up.to(dtype), t) if dtype != x_t.dtype else dit(x_t, base_up, t)
+    if pred.dtype != x_t.dtype:  # bf16 parameters, or autocast
+        pred = pred.to(x_t.dtype)
     return base_up + pred if residual else pred
 
 

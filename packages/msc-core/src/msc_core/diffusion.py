@@ -11,6 +11,11 @@ Conventions used by every msc package:
   video `[B, C, T, H, W]`, 1 for token latents `[B, T, L, D]`.
 - Coefficients are computed in float64 (in float32 from a float32 table, as in exported
   ONNX graphs) and cast to the dtype of `x`.
+- Precision contract (README "Precision and devices"): the diffusion state (noise, x_t,
+  x0 estimates, the DDIM/DDPM arithmetic) is float32 whatever the parameters' dtype
+  (`state_dtype`); a model casts the network's input to its parameter dtype and the
+  output back. Noise is drawn on the generator's device and then moved
+  (`standard_normal`), so a CPU generator gives the same noise on every device.
 """
 
 from __future__ import annotations
@@ -122,6 +127,29 @@ def _cast(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 # -----------------------------------------------------------------------------
+# precision and noise
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the diffusion state of a model whose parameters are `dtype`: float32, or
+    float64 for a float64 model (reference copies in tests); never bf16 / fp16."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def standard_normal(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """N(0, 1) noise drawn on the generator's device (the global RNG on `device` without
+    one) in `dtype`, then moved to `device`: a CPU generator gives the same noise on every
+    device (the seeding policy)."""
+    gen_device = generator.device if generator is not None else torch.device(device)
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+# -----------------------------------------------------------------------------
 # forward process and prediction conversions
 
 
@@ -207,7 +235,7 @@ def ddpm_step(
     """One ancestral DDPM step x_t -> x_{t-1}; `temperature` scales the added noise."""
     mean, variance = ddpm_posterior(x0_pred, x_t, t, alphas_cumprod, frame_dim)
     if noise is None:
-        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        noise = standard_normal(tuple(x_t.shape), generator, x_t.device, x_t.dtype)
     return mean + temperature * variance.sqrt() * noise
 
 
@@ -245,7 +273,7 @@ def ddim_step(
     x_next = _cast(ab_next.sqrt(), x_t) * x0_pred + _cast(direction, x_t) * eps
     if eta > 0:
         if noise is None:
-            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            noise = standard_normal(tuple(x_t.shape), generator, x_t.device, x_t.dtype)
         x_next = x_next + _cast(sigma, x_t) * noise
     return torch.where(per_frame(moving, x_t, frame_dim), x_next, x_t)
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.func import functional_call
 
 from msc_core.config import Config
+from msc_core.diffusion import state_dtype
 from msc_tokenizers.patch_discriminator import PatchDiscriminator3D, PatchDiscriminatorConfig
 
 # -----------------------------------------------------------------------------
@@ -82,8 +83,13 @@ def diagonal_gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tens
 
 
 def sample_diagonal_gaussian(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Reparameterised sample `mean + exp(logvar / 2) * eps`."""
-    return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+    """Reparameterised sample `mean + exp(logvar / 2) * eps`, in `mean`'s dtype.
+
+    eps is drawn from the global RNG in float32 (float64 for float64 moments) and the sum is
+    formed in that precision, so bf16 moments get float32 noise (precision contract)."""
+    dtype = state_dtype(mean.dtype)
+    eps = torch.randn(mean.shape, device=mean.device, dtype=dtype)
+    return (mean.to(dtype) + torch.exp(0.5 * logvar.to(dtype)) * eps).to(mean.dtype)
 
 
 def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
@@ -140,6 +146,11 @@ class AutoencoderLoss(nn.Module):
         """`video`, `recon`: `[B, 3, T, H, W]`; `mean`/`logvar`: the posterior; `last_layer`:
         weight of the generator's output layer (for the adaptive adversarial weight)."""
         cfg = self.config
+        # the losses are reduced in float32 whatever the parameters' dtype (bf16 recon / moments);
+        # the discriminator below sees the tensors as given, in its own dtype
+        dtype = state_dtype(recon.dtype)
+        given_video, given_recon = video, recon
+        video, recon, mean, logvar = (x.to(dtype) for x in (video, recon, mean, logvar))
         zero = recon.new_zeros(())
         l1 = (recon - video).abs().mean()
         l2 = F.mse_loss(recon, video)
@@ -153,12 +164,12 @@ class AutoencoderLoss(nn.Module):
             if self.step.item() >= cfg.discriminator_start:
                 # Generator term: discriminator weights detached, so only the generator learns from it.
                 frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
-                generator_adv = -functional_call(self.discriminator, frozen, (recon,)).mean()
+                generator_adv = -functional_call(self.discriminator, frozen, (given_recon,)).mean()
                 weight = cfg.adversarial_weight
                 if cfg.adaptive_adversarial and last_layer.requires_grad:
                     weight = weight * adaptive_adversarial_weight(nll, generator_adv, last_layer)
-                logits_real = self.discriminator(video.detach())
-                logits_fake = self.discriminator(recon.detach())
+                logits_real = self.discriminator(given_video.detach())
+                logits_fake = self.discriminator(given_recon.detach())
                 disc = hinge_discriminator_loss(logits_real, logits_fake)
                 loss = loss + weight * generator_adv + disc
                 losses.update(

@@ -53,6 +53,8 @@ from msc_core.diffusion import (
     make_alphas_cumprod,
     per_frame,
     q_sample,
+    standard_normal,
+    state_dtype,
 )
 from msc_core.interfaces import GenerationRequest, LatentSpec
 from msc_core.latents import LatentNormalization
@@ -368,8 +370,7 @@ def classifier_free_guidance(cond_pred: torch.Tensor, null_pred: torch.Tensor, s
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Normal noise drawn on the generator's device (reproducible across devices), moved to x."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    return standard_normal(tuple(x.shape), generator, x.device, x.dtype)
 
 
 def _rand(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -410,9 +411,11 @@ class ARDiffusion(nn.Module):
 
     # -- layouts ----------------------------------------------------------------
 
-    def check_input(self, x: torch.Tensor, what: str = "x", pixels: bool = False) -> torch.Tensor:
+    def check_input(
+        self, x: torch.Tensor, what: str = "x", pixels: bool = False, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """`x` in the model layout, checked (shape, floating, no zero-sized axis, finite) and
-        cast to the parameters' dtype (`msc_core.validation`); `pixels`: also in [-1, 1]."""
+        cast to `dtype` (default: the parameters', `msc_core.validation`); `pixels`: also in [-1, 1]."""
         data = self.config.data
         expected = data.frame_shape()
         check_tensor(what, x, floating=False, allow_empty=True)
@@ -429,7 +432,7 @@ class ARDiffusion(nn.Module):
             check_video(what, x)
         else:
             check_values(what, x, pixels=self.config.tokenizer_path is None)
-        return to_model_dtype(what, x, model_dtype(self))
+        return to_model_dtype(what, x, dtype or model_dtype(self))
 
     def to_grid(self, x: torch.Tensor) -> torch.Tensor:
         """Model layout -> backbone grid `[B, C, T, H, W]` (token latents on `latent_grid`)."""
@@ -508,7 +511,9 @@ class ARDiffusion(nn.Module):
         update_cache: bool = False,
         frame_offset: int | None = None,
     ) -> torch.Tensor:
-        """Raw network output (in `config.prediction` terms) for noisy `x` at per-frame `t` `[B, T]`.
+        """Raw network output (in `config.prediction` terms) for noisy `x` at per-frame `t` `[B, T]`,
+        in the diffusion state dtype (float32; float64 for a float64 model) whatever the
+        parameters' dtype or autocast.
 
         `x` in the model layout (floating; another float dtype is cast to the parameters');
         `t` integers in `-1..T-1` (`-1` = clean, embedded at `CLEAN_TIMESTEP`); `cond` from
@@ -529,7 +534,7 @@ class ARDiffusion(nn.Module):
             out = self.backbone(
                 self.to_grid(x), t_model, cond, cache=cache, update_cache=update_cache, frame_offset=frame_offset
             )
-        return self.from_grid(out)
+        return self.from_grid(out).to(state_dtype(model_dtype(self)))
 
     def predict_x0(
         self,
@@ -620,7 +625,9 @@ class ARDiffusion(nn.Module):
             raise ValueError(
                 f"batch must hold exactly one of 'video' or 'latents', got keys {sorted(batch.keys())}"
             )
-        return self.check_input(batch[keys[0]], what=f"batch[{keys[0]!r}]", pixels=keys[0] == "video")
+        # the clean input is diffusion state: float32 even for bf16 parameters (precision contract)
+        return self.check_input(batch[keys[0]], what=f"batch[{keys[0]!r}]", pixels=keys[0] == "video",
+                                dtype=state_dtype(model_dtype(self)))
 
     # -- generation -----------------------------------------------------------------
 

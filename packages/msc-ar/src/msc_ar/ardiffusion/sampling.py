@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
-from msc_core.diffusion import ddim_step
+from msc_core.diffusion import ddim_step, state_dtype
 from msc_core.interfaces import GenerationRequest
 from msc_core.validation import trusted_inputs
 
@@ -251,7 +251,9 @@ def iter_frames(
     """
     cfg = model.config
     param = next(model.parameters())
-    device, dtype = param.device, param.dtype
+    # the DDIM state (noise, x_t, x0) is float32 whatever the parameters' dtype; the model
+    # casts its input to the parameters' dtype and its output back (precision contract)
+    device, dtype = param.device, state_dtype(param.dtype)
     prefix = _prefix_frames(model, request, dtype, device)
     window = request.scheduler.window or cfg.data.num_frames
     plan = plan_ad_sampling(

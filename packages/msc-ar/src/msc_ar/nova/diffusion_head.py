@@ -30,7 +30,10 @@ from msc_core.diffusion import (
     ddpm_step,
     make_alphas_cumprod,
     q_sample,
+    standard_normal,
+    state_dtype,
 )
+from msc_core.validation import model_dtype
 from msc_core.transformer import TimestepEmbedder, initialize_dit_weights
 
 
@@ -116,14 +119,24 @@ class DiffusionHead(nn.Module):
         if target.shape[0] != z.shape[0]:
             raise ValueError(f"{target.shape[0]} target tokens but {z.shape[0]} conditions")
         N = target.shape[0]
-        x0 = target.repeat(batch_mul, 1)  # (batch_mul * N, Dt)
+        dtype = model_dtype(self.net, target.dtype)
+        x0 = target.repeat(batch_mul, 1).to(state_dtype(dtype))  # (batch_mul * N, Dt), float32 state
         cond = z.repeat(batch_mul, 1)
-        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        gen_device = generator.device if generator is not None else x0.device
+        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=gen_device, generator=generator)
+        t = t.to(x0.device)
+        noise = standard_normal(tuple(x0.shape), generator, x0.device, x0.dtype)
         x_t = q_sample(x0, t, noise, self.alphas_cumprod, frame_dim=1)
-        eps = self.net(x_t, t, cond)
+        eps = self.eps(x_t, t, cond)
         per_row = (eps.float() - noise.float()).pow(2).mean(dim=-1)  # (batch_mul * N,)
         return per_row.view(batch_mul, N).mean(dim=0)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The network's eps for the float32 state `x_t`: run in the parameters' dtype, returned
+        in `x_t`'s dtype (precision contract)."""
+        dtype = model_dtype(self.net, x_t.dtype)
+        eps = self.net(x_t.to(dtype), t, z.to(dtype))
+        return eps.to(x_t.dtype)
 
     def sampling_timesteps(self, num_steps: int) -> torch.Tensor:
         """The kept training timesteps `tau_0 < ... < tau_{S-1}` of an `S`-step sampler."""
@@ -153,14 +166,15 @@ class DiffusionHead(nn.Module):
         N = z.shape[0]
         taus = self.sampling_timesteps(num_steps).to(z.device)
         respaced = self.alphas_cumprod[self.sampling_timesteps(num_steps)]
-        x = torch.randn(N, self.token_dim, device=z.device, dtype=z.dtype, generator=generator)
+        # the DDPM state is float32 (float64 for a float64 head), drawn on the generator's device
+        x = standard_normal((N, self.token_dim), generator, z.device, state_dtype(model_dtype(self.net, z.dtype)))
         cond = z if z_uncond is None else torch.cat([z, z_uncond])
         for k in range(num_steps - 1, -1, -1):
             t_model = taus[k].expand(cond.shape[0])
             if z_uncond is None:
-                eps = self.net(x, t_model, cond)
+                eps = self.eps(x, t_model, cond)
             else:
-                eps_c, eps_u = self.net(torch.cat([x, x]), t_model, cond).chunk(2)
+                eps_c, eps_u = self.eps(torch.cat([x, x]), t_model, cond).chunk(2)
                 eps = eps_u + guidance_scale * (eps_c - eps_u)
             k_t = torch.full((N,), k, dtype=torch.long, device=z.device)
             x0 = convert_prediction(eps, "eps", "x0", x, k_t, respaced, frame_dim=1)

@@ -61,7 +61,8 @@ def sample_mask_ratio(
     _check_ratio_bounds(low, high, std)
     a, b = (low - mean) / std, (high - mean) / std
     cdf = torch.special.ndtr(torch.tensor([a, b], dtype=torch.float64, device=device))
-    u = torch.rand(num, generator=generator, dtype=torch.float64, device=device)
+    gen_device = generator.device if generator is not None else device  # drawn where the generator lives
+    u = torch.rand(num, generator=generator, dtype=torch.float64, device=gen_device).to(device)
     z = torch.special.ndtri(cdf[0] + u * (cdf[1] - cdf[0]))
     return (mean + std * z).clamp(low, high)
 
@@ -75,7 +76,8 @@ def random_orders(
     batch: int, num_tokens: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """A uniformly random permutation of `0..L-1` per row: LongTensor `[batch, L]`."""
-    keys = torch.rand(batch, num_tokens, generator=generator, device=device)
+    gen_device = generator.device if generator is not None else device  # drawn where the generator lives
+    keys = torch.rand(batch, num_tokens, generator=generator, device=gen_device).to(device)
     return keys.argsort(dim=-1)
 
 

@@ -344,7 +344,8 @@ class NOVA(nn.Module):
         B, T, L, _ = x.shape
         drop = None
         if self.training and c.text_drop_prob > 0:
-            drop = torch.rand(B, generator=generator, device=device) < c.text_drop_prob
+            gen_device = generator.device if generator is not None else device
+            drop = torch.rand(B, generator=generator, device=gen_device).to(device) < c.text_drop_prob
         prefix, valid = self.encode_conditions(
             B, batch.get("caption"), batch.get("text_tokens"), batch.get("text_mask"), batch.get("text_features"),
             batch.get("motion"), batch.get("fps"), drop,
@@ -486,7 +487,9 @@ class NOVA(nn.Module):
         window = request.scheduler.window or self.config.num_frames
         generator = None
         if request.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(request.seed)
+            # a CPU generator whatever the model's device: a seed gives the same video on every
+            # device (precision contract); the draws are moved to the model's device
+            generator = torch.Generator().manual_seed(request.seed)
 
         guided = request.guidance_scale != 1.0
         prefix, valid = self.encode_conditions(B, captions, motion=motion, fps=fps)
