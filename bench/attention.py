@@ -38,7 +38,7 @@ import torch
 
 from msc_core.attention import MSCAttention, MSCAttentionConfig, resolve_backend
 from msc_core.attention.natten_backend import natten_available
-from msc_core.flops import dense_frame_causal_flops, msc_attention_flops, paper_flops_estimate
+from msc_core.flops import dense_frame_causal_flops, high_res_halo_ratio, msc_attention_flops, paper_flops_estimate
 from msc_core.frame_causal_attention import FrameCausalAttention, FrameCausalAttentionConfig
 
 FULL = {"frames": 16, "height": 32, "width": 32, "dim": 256}
@@ -48,8 +48,12 @@ LAYER = {"num_heads": 8, "window": 7, "temporal_window": 3, "pool": 2, "temporal
 ACCURACY = {"frames": 6, "height": 11, "width": 10, "dim": 64}  # borders, partial tiles, partial pool cells
 
 
+TILE: list = [8]  # set by --tile
+
+
 def msc_config(dim: int, backend: str = "auto") -> MSCAttentionConfig:
-    return MSCAttentionConfig(dim=dim, backend=backend, **LAYER)
+    tile = TILE[0] if len(TILE) == 1 else tuple(TILE)
+    return MSCAttentionConfig(dim=dim, backend=backend, tile_size=tile, **LAYER)
 
 
 def build(variant: str, size: dict, device: torch.device, dtype: torch.dtype):
@@ -182,7 +186,8 @@ def compare(size: dict, repeats: dict, device: str, timeout: float, threads: int
     for variant in ("dense", "msc"):
         results[variant] = in_subprocess(
             ["--worker", "timing", "--variant", variant, "--size", json.dumps(size),
-             "--repeats", str(repeats[variant]), "--device", device, *(["--threads", str(threads)] if threads else [])],
+             "--repeats", str(repeats[variant]), "--device", device, "--tile", *map(str, TILE),
+             *(["--threads", str(threads)] if threads else [])],
             timeout,
         )
     dense, msc = results["dense"], results["msc"]
@@ -209,11 +214,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per variant")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads in every worker (default: torch's choice); 1 is steadier on a busy machine")
+    parser.add_argument("--tile", type=int, nargs="+", default=[8],
+                        help="tiled backend query tile: an edge, or rows cols (default 8)")
     parser.add_argument("--worker", choices=["timing", "accuracy"], help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=["dense", "msc"], help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    TILE[:] = args.tile
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -239,6 +247,9 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "layer": {**LAYER, "dim": C, "batch": B},
             "attention_flops_ratio": msc_flops["total"] / dense_flops["total"],
+            "flop_ideal_speedup": dense_flops["total"] / msc_flops["total"],
+            "tile_size": TILE,
+            "high_res_halo_ratio": high_res_halo_ratio(msc_config(C, "tiled"), B, T, H, W),
             "flops": {"msc_forward": msc_flops, "dense_forward": dense_flops["total"],
                       "paper_msc_over_dense": paper["msc_over_dense"]},
             "max_abs_err_vs_reference": accuracy.get("errors", accuracy),

@@ -195,11 +195,21 @@ def bench_cuda(graphs: Path, repeats: int) -> dict[str, Any] | None:
     bound = CascadeRefiner(graphs, providers=cuda, binding=True)
     plain = CascadeRefiner(graphs, providers=cuda, binding=False)
     base = np.random.default_rng(0).standard_normal((1, bound.latent_spec.channels, 3, 8, 8), dtype=np.float32)
+    # parity of the CUDA provider with the CPU one on the same graphs (float32 both)
+    on_cpu = CascadeRefiner(graphs, providers=CPU, binding=False)
+    from msc_runtime import VAEDecoder
+
+    latents = np.random.default_rng(1).standard_normal((1, bound.latent_spec.channels, 3, 8, 8), dtype=np.float32)
+    vae_cuda = VAEDecoder(graphs / "vae_decoder.onnx", providers=cuda).decode(latents)
+    vae_cpu = VAEDecoder(graphs / "vae_decoder.onnx", providers=CPU).decode(latents)
+    refined = bound.refine(base)
     return {
         "base": list(base.shape), "steps": bound.steps,
         "iobinding_ms": median_ms(lambda: bound.refine(base), repeats),
         "run_ms": median_ms(lambda: plain.refine(base), repeats),
-        "max_abs_err": float(np.abs(bound.refine(base) - plain.refine(base)).max()),
+        "max_abs_err": float(np.abs(refined - plain.refine(base)).max()),
+        "cascade_refine_max_abs_err_cuda_vs_cpu": float(np.abs(refined - on_cpu.refine(base)).max()),
+        "vae_decode_max_abs_err_cuda_vs_cpu": float(np.abs(vae_cuda - vae_cpu).max()),
     }
 
 

@@ -8,13 +8,14 @@ borders. Output at frame t must not depend on frames > t (inputs or noise levels
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import pytest
 import torch
 
 from msc_core.attention import MSCAttention, MSCAttentionConfig, resolve_backend
-from msc_core.attention import tiled
+from msc_core.attention import msc_attention, natten_backend, tiled
 from msc_core.attention.natten_backend import natten_available
 from msc_core.testing import assert_frame_causal
 
@@ -125,19 +126,66 @@ def test_output_never_depends_on_future_frames(case, backend: str) -> None:
             assert torch.equal(module(x, noise_future)[:, : cut + 1], base[:, : cut + 1])
 
 
-def test_auto_backend_is_tiled_on_cpu() -> None:
-    assert resolve_backend("auto", torch.device("cpu"), has_past_frames=False) == "tiled"
-    assert resolve_backend("natten", torch.device("cpu"), has_past_frames=True) == "tiled"
+def test_auto_backend_is_tiled_on_cpu_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="msc_core.attention"):
+        assert resolve_backend("auto", torch.device("cpu"), has_past_frames=False) == "tiled"
+        assert resolve_backend("auto", torch.device("cpu"), has_past_frames=True) == "tiled"
+    assert not caplog.records  # tiled is the CPU design, not a fallback
 
 
-def test_natten_backend_without_natten_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "natten.functional", None)  # what a machine without NATTEN sees
+@pytest.fixture
+def without_natten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a machine without NATTEN sees: the import fails (and is tried again once)."""
+    monkeypatch.setitem(sys.modules, "natten.functional", None)
+    monkeypatch.setattr(natten_backend, "_NATTEN", {})
+    monkeypatch.setattr(msc_attention, "_WARNED", set())
+
+
+def test_auto_on_cuda_without_natten_warns_once_naming_the_reason(
+    without_natten, caplog: pytest.LogCaptureFixture
+) -> None:
     assert not natten_available()
-    assert resolve_backend("auto", torch.device("cuda"), has_past_frames=False) == "tiled"
+    with caplog.at_level(logging.WARNING, logger="msc_core.attention"):
+        for _ in range(3):
+            assert resolve_backend("auto", torch.device("cuda"), has_past_frames=False) == "tiled"
+    assert len(caplog.records) == 1
+    assert "NATTEN does not import (ModuleNotFoundError: import of natten.functional" in caplog.records[0].getMessage()
+
+
+def test_natten_is_imported_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    monkeypatch.setattr(natten_backend, "_NATTEN", {})
+    tries = []
+    real_import = builtins.__import__
+
+    def counting_import(name, *args, **kwargs):
+        if name.startswith("natten"):
+            tries.append(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", counting_import)
+    for _ in range(5):
+        natten_available()
+        resolve_backend("auto", torch.device("cuda"))
+    assert len(tries) == 1
+
+
+def test_explicit_natten_without_natten_raises_naming_the_extra(without_natten) -> None:
     _, module = make_pair(CASES[3], "natten")
     x, noise = inputs(CASES[3])
-    with pytest.raises(ImportError, match=r"msc-core\[natten\]"):
+    with pytest.raises(ImportError, match=r"does not import here \(ModuleNotFoundError.*msc-core\[natten\]"):
         module(x, noise)
+    with pytest.raises(ImportError, match=r"does not import here \(ModuleNotFoundError"):
+        resolve_backend("natten", torch.device("cuda"))  # names the reason too
+
+
+@pytest.mark.skipif(not HAS_NATTEN, reason=NO_NATTEN)
+def test_explicit_natten_training_on_cpu_raises() -> None:
+    _, module = make_pair(CASES[3], "natten")
+    x, noise = inputs(CASES[3])
+    with pytest.raises(RuntimeError, match="forward-only.*backend='tiled'"):
+        module(x.requires_grad_(True), noise)
 
 
 @pytest.mark.parametrize(
@@ -172,3 +220,22 @@ def test_bad_inputs_raise_value_errors_naming_sizes() -> None:
         module(torch.randn(1, 3, 5, 6, 16), noise)
     with pytest.raises(ValueError, match="needs a cache"):
         module(x, noise, update_cache=True)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.bfloat16, 5e-2)])
+def test_tiled_matches_reference_in_float64_and_bf16(dtype, tol) -> None:
+    """The CPU split-by-key-frame path keeps its log-sum-exp in float64 for float64 inputs
+    (reference copies) and float32 otherwise; bf16 is judged relative to the output scale."""
+    case = CASES[0]
+    reference, tiled_module = make_pair(case, "tiled")
+    reference, tiled_module = reference.to(dtype), tiled_module.to(dtype)
+    x, noise = inputs(case)
+    grads = []
+    for module in (reference, tiled_module):
+        x_ = x.to(dtype).requires_grad_(True)
+        out = module(x_, noise)
+        out.float().square().sum().backward()
+        grads.append((out.detach().float(), x_.grad.float()))
+    (out_ref, gx_ref), (out, gx) = grads
+    assert ((out - out_ref).abs().max() / out_ref.abs().max()).item() <= tol
+    assert ((gx - gx_ref).abs().max() / gx_ref.abs().max()).item() <= tol

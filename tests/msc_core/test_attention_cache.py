@@ -11,6 +11,14 @@ import pytest
 import torch
 
 from msc_core.attention import MSCAttention, MSCAttentionConfig
+from msc_core.attention.natten_backend import natten_available
+
+# NATTEN's CPU path (FlexAttention, forward only) builds a block mask per call: slow there
+NATTEN = pytest.param(
+    "natten",
+    marks=[pytest.mark.skipif(not natten_available(), reason="NATTEN not installed (msc-core[natten])")]
+    + ([] if torch.cuda.is_available() else [pytest.mark.slow]),
+)
 
 # (T, H, W, window, v, r, d)
 CASES = [
@@ -35,7 +43,7 @@ def build(case, backend: str) -> MSCAttention:
     return module
 
 
-@pytest.mark.parametrize("backend", ["tiled", "reference"])
+@pytest.mark.parametrize("backend", ["tiled", "reference", NATTEN])
 @pytest.mark.parametrize("case", CASES, ids=[f"v{c[4]}_d{c[6]}_r{c[5]}" for c in CASES])
 @pytest.mark.parametrize("chunks", CHUNKINGS, ids=["frame_by_frame", "mixed", "two_chunks"])
 def test_streaming_with_cache_equals_full_forward(case, backend: str, chunks: list[int]) -> None:

@@ -6,7 +6,13 @@ import pytest
 
 from msc_core.attention import MSCAttentionConfig
 from msc_core.attention.tiled import axis_tiles
-from msc_core.flops import dense_frame_causal_flops, msc_attention_flops, paper_flops_estimate
+from msc_core.flops import (
+    dense_frame_causal_flops,
+    high_res_halo_ratio,
+    high_res_window_flops,
+    msc_attention_flops,
+    paper_flops_estimate,
+)
 
 
 def test_dense_counts_match_the_matmul_shapes() -> None:
@@ -50,3 +56,22 @@ def test_paper_estimate_is_the_printed_formula() -> None:
     assert est["dense"] == pytest.approx(8 * b * s * h**2 + 2 * b * s**2 * h)
     assert est["high_res"] == pytest.approx(2 * b * s * h**2 + b * s**2 * h / (2 * w**2 * v))
     assert est["low_res"] == pytest.approx(2 * b * s * h**2 / r**2 + b * s**2 * h / (2 * r**2 * d))
+
+
+@pytest.mark.parametrize(
+    "tile,expected",
+    [(8, (8 + 6) ** 2 / 49), ((4, 4), 100 / 49), ((3, 4), 33 / 32 * (3 + 6) * (4 + 6) / 49)],
+)
+def test_halo_ratio_is_the_halo_over_the_window(tile, expected: float) -> None:
+    """At 32x32 with w=7 every tile's halo is (rows + 6) x (cols + 6), borders included;
+    3-row tiles need 11 tiles for 32 rows, whose 33rd query row is computed and dropped."""
+    cfg = MSCAttentionConfig(dim=64, num_heads=4, window=7, temporal_window=3, tile_size=tile)
+    assert high_res_halo_ratio(cfg, 1, 4, 32, 32) == pytest.approx(expected)
+
+
+def test_window_flops_count_each_query_window() -> None:
+    cfg = MSCAttentionConfig(dim=32, num_heads=4, window=3, temporal_window=2, tile_size=1)
+    # tile 1: the halo of a single query is its window, so tiled == window FLOPs exactly
+    assert msc_attention_flops(cfg, 2, 3, 5, 4)["high_res_attention"] == high_res_window_flops(cfg, 2, 3, 5, 4)
+    hd, heads = cfg.head_dim, cfg.num_high_res_heads
+    assert high_res_window_flops(cfg, 1, 1, 2, 2) == 4 * heads * hd * (2 * 2) * (2 * 2)  # window clamped to 2x2

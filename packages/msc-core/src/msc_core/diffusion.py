@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from msc_core.validation import value_checks_active
+
 PredictionType = Literal["x0", "eps", "v"]
 PREDICTION_TYPES: tuple[str, ...] = ("x0", "eps", "v")
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "cosine")
@@ -81,9 +83,11 @@ def ddim_timestep_grid(num_train_timesteps: int, num_steps: int) -> torch.Tensor
 
 
 def _check_timesteps(t: torch.Tensor, num_timesteps: int) -> None:
+    """dtype always; the range (a host sync on a GPU) unless the caller vouches for its
+    timesteps (`msc_core.validation.trusted_inputs`, as every sampler loop does)."""
     if t.dtype.is_floating_point or t.dtype == torch.bool:
         raise ValueError(f"timesteps must be an integer tensor, got dtype {t.dtype}")
-    if t.numel() and (int(t.min()) < -1 or int(t.max()) >= num_timesteps):
+    if t.numel() and value_checks_active(t) and (int(t.min()) < -1 or int(t.max()) >= num_timesteps):
         raise ValueError(
             f"timesteps must lie in -1..{num_timesteps - 1} (-1 = clean), got range "
             f"{int(t.min())}..{int(t.max())}"
@@ -210,7 +214,7 @@ def ddpm_posterior(
     frame_dim: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of q(x_{t-1} | x_t, x0) for t >= 0 (t = 0 gives mean x0, var 0)."""
-    if t.numel() and int(t.min()) < 0:
+    if t.numel() and value_checks_active(t) and int(t.min()) < 0:
         raise ValueError("ddpm_posterior needs timesteps >= 0 (a clean frame has no posterior)")
     ab_t = _coef(t, x_t, alphas_cumprod, frame_dim)
     ab_prev = _coef(t - 1, x_t, alphas_cumprod, frame_dim)
@@ -257,7 +261,7 @@ def ddim_step(
     """
     if t.shape != t_next.shape:
         raise ValueError(f"t {tuple(t.shape)} and t_next {tuple(t_next.shape)} must have the same shape")
-    if bool((t_next > t).any()):
+    if value_checks_active(t) and bool((t_next > t).any()):
         raise ValueError("ddim_step only moves towards less noise: every t_next must be <= t")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")

@@ -50,6 +50,23 @@ def msc_attention_flops(
     return flops
 
 
+def high_res_window_flops(config: MSCAttentionConfig, batch: int, frames: int, height: int, width: int) -> int:
+    """FLOPs of the High-Res attention if every query computed only its own window.
+
+    Each query at frame t meets `min(v, t + 1) * min(w, H) * min(w, W)` keys: QK^T and AV
+    cost `2 * 2 * head_dim` FLOPs per query-key pair per head.
+    """
+    w_h, w_w = min(config.window, height), min(config.window, width)
+    pairs = sum(min(config.temporal_window, t + 1) for t in range(frames)) * height * width * w_h * w_w
+    return 4 * batch * config.num_high_res_heads * config.head_dim * pairs
+
+
+def high_res_halo_ratio(config: MSCAttentionConfig, batch: int, frames: int, height: int, width: int) -> float:
+    """FLOPs the tiled backend's High-Res attention runs over those of the window alone."""
+    tiled = msc_attention_flops(config, batch, frames, height, width)["high_res_attention"]
+    return tiled / high_res_window_flops(config, batch, frames, height, width)
+
+
 def dense_frame_causal_flops(
     batch: int, frames: int, height: int, width: int, dim: int, num_heads: int
 ) -> dict[str, int]:

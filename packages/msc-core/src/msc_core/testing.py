@@ -104,3 +104,45 @@ def perturb_parameters(model: torch.nn.Module, seed: int, scale: float = 0.05) -
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
     return model
+
+
+class HostReads:
+    """Counts reads of tensor values into Python (`item`, `tolist`, `bool`/`int`/`float`, numpy).
+
+    On a GPU each is a host sync; on CPU they are free but still mark where the loop would
+    wait. `with HostReads() as reads: ...` then `reads.count` (and `reads.where` for the
+    source lines). Tensors of the sampler's own plan read in Python are counted too.
+    """
+
+    _METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.where: list[str] = []
+        self._saved: dict[str, object] = {}
+
+    def __enter__(self) -> "HostReads":
+        import traceback
+
+        for name in self._METHODS:
+            original = getattr(torch.Tensor, name)
+            self._saved[name] = original
+
+            def counting(tensor, *args, _original=original, **kwargs):
+                if not self._inside:
+                    self._inside = True
+                    try:
+                        self.count += 1
+                        frame = traceback.extract_stack(limit=3)[0]
+                        self.where.append(f"{frame.filename}:{frame.lineno}")
+                    finally:
+                        self._inside = False
+                return _original(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counting)
+        self._inside = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, original in self._saved.items():
+            setattr(torch.Tensor, name, original)

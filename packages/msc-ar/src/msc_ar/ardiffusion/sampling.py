@@ -154,9 +154,9 @@ def plan_ad_sampling(
 
     t_before, t_after = all_frames(before), all_frames(after)
     first, last, start = [], [], []
-    for row in moving:
-        idx = row.nonzero().flatten() + num_prefix
-        lo, hi = int(idx[0]), int(idx[-1])
+    for row in moving.tolist():  # one read of the (CPU) plan, not one per iteration
+        idx = [num_prefix + i for i, is_moving in enumerate(row) if is_moving]
+        lo, hi = idx[0], idx[-1]
         first.append(lo)
         last.append(hi)
         start.append(max(0, hi + 1 - window))
@@ -276,8 +276,13 @@ def iter_frames(
     frames: list[torch.Tensor | None] = [*prefix, *(draw() for _ in range(plan.num_frames - plan.num_prefix))]
     keep_all = on_step is not None
 
+    # the plan on the model's device once (a copy per step would sync a GPU), and which
+    # frames are clean after each iteration as Python values (read once, not per step)
+    t_before, t_after = plan.t_before.to(device), plan.t_after.to(device)
+    clean_after = (plan.t_after == CLEAN).tolist()
+
     def timesteps(row: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        return row[lo:hi].to(device)[None].expand(request.batch_size, -1)  # (B, hi - lo)
+        return row[lo:hi][None].expand(request.batch_size, -1)  # (B, hi - lo)
 
     def stack(lo: int, hi: int) -> torch.Tensor:
         return torch.stack(frames[lo:hi], dim=fd)
@@ -296,7 +301,7 @@ def iter_frames(
         first, last, start = plan.first[n], plan.last[n] + 1, plan.window_start[n]
         if on_iteration is not None:
             on_iteration(n, first, last - 1)
-        t_row = plan.t_before[n]
+        t_row = t_before[n]
         if use_cache:
             if cache is None or start != cache_start:
                 # positions are window-relative: a slid window invalidates every cached frame
@@ -316,14 +321,15 @@ def iter_frames(
             x0 = x0.narrow(fd, first - start, last - first)
             x_t = stack(first, last)
         noise = torch.stack([draw() for _ in range(first, last)], dim=fd) if eta > 0 else None
-        x_next = ddim_step(
-            x_t, x0, timesteps(t_row, first, last), timesteps(plan.t_after[n], first, last),
-            model.alphas_cumprod, fd, eta=eta, noise=noise,
-        )
+        with trusted_inputs():  # the plan's timesteps were checked when it was made
+            x_next = ddim_step(
+                x_t, x0, timesteps(t_row, first, last), timesteps(t_after[n], first, last),
+                model.alphas_cumprod, fd, eta=eta, noise=noise,
+            )
         frames[first:last] = x_next.unbind(fd)
         if on_step is not None:
             on_step(n, stack(0, plan.num_frames))
-        while done < plan.num_frames and int(plan.t_after[n, done]) == CLEAN:
+        while done < plan.num_frames and clean_after[n][done]:
             yield frames[done]
             done += 1
         if not keep_all:  # frames before the next window are never read again

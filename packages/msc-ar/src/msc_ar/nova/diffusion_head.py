@@ -33,7 +33,7 @@ from msc_core.diffusion import (
     standard_normal,
     state_dtype,
 )
-from msc_core.validation import model_dtype
+from msc_core.validation import model_dtype, trusted_inputs
 from msc_core.transformer import TimestepEmbedder, initialize_dit_weights
 
 
@@ -169,6 +169,7 @@ class DiffusionHead(nn.Module):
         # the DDPM state is float32 (float64 for a float64 head), drawn on the generator's device
         x = standard_normal((N, self.token_dim), generator, z.device, state_dtype(model_dtype(self.net, z.dtype)))
         cond = z if z_uncond is None else torch.cat([z, z_uncond])
+        steps = torch.arange(num_steps, device=z.device)[:, None].expand(num_steps, N)  # (S, N), made once
         for k in range(num_steps - 1, -1, -1):
             t_model = taus[k].expand(cond.shape[0])
             if z_uncond is None:
@@ -176,9 +177,10 @@ class DiffusionHead(nn.Module):
             else:
                 eps_c, eps_u = self.eps(torch.cat([x, x]), t_model, cond).chunk(2)
                 eps = eps_u + guidance_scale * (eps_c - eps_u)
-            k_t = torch.full((N,), k, dtype=torch.long, device=z.device)
-            x0 = convert_prediction(eps, "eps", "x0", x, k_t, respaced, frame_dim=1)
-            if clip_denoised is not None:
-                x0 = x0.clamp(-clip_denoised, clip_denoised)
-            x = ddpm_step(x, x0, k_t, respaced, frame_dim=1, temperature=temperature, generator=generator)
+            k_t = steps[k]
+            with trusted_inputs():  # the respaced steps 0..S-1 are the sampler's own
+                x0 = convert_prediction(eps, "eps", "x0", x, k_t, respaced, frame_dim=1)
+                if clip_denoised is not None:
+                    x0 = x0.clamp(-clip_denoised, clip_denoised)
+                x = ddpm_step(x, x0, k_t, respaced, frame_dim=1, temperature=temperature, generator=generator)
         return x

@@ -15,13 +15,16 @@ frame t never depends on input at frames > t. Masks: `masks.py`; backends: `refe
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from msc_core.attention.cache import MSCKVCache, prepend_frames
 from msc_core.attention.config import MSCAttentionConfig
 from msc_core.attention.natten_backend import (
-    natten_available,
+    _natten_ops,
+    natten_import_error,
     natten_high_res_attention,
     natten_low_res_attention,
 )
@@ -32,14 +35,45 @@ from msc_core.diffusion import timestep_embedding
 from msc_core.validation import check_finite, check_tensor, check_timesteps, check_values, model_dtype, to_model_dtype
 
 
-def resolve_backend(requested: str, device: torch.device, has_past_frames: bool) -> str:
-    """`auto` -> `natten` on CUDA when importable, else `tiled`; cached calls never use natten."""
-    backend = requested
+logger = logging.getLogger("msc_core.attention")
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message)
+
+
+def resolve_backend(requested: str, device: torch.device, has_past_frames: bool = False, needs_grad: bool = False) -> str:
+    """The backend a call runs: `auto` is `natten` on CUDA when NATTEN imports, else `tiled`.
+
+    On CPU `auto` is `tiled` by design (NATTEN's CPU path is forward-only and slower). On
+    CUDA, `auto` falling back to `tiled` because NATTEN does not import logs one warning
+    per process naming the reason. An explicit `natten` that cannot run raises, naming
+    what is missing. With cached frames, `natten` serves the High-Res branch (queries
+    padded) and the Low-Res branch runs `tiled` (see `natten_backend`).
+    """
     if requested == "auto":
-        backend = "natten" if device.type == "cuda" and natten_available() else "tiled"
-    if backend == "natten" and has_past_frames:
-        return "tiled"  # na3d needs as many query as key frames; tiled has the same semantics
-    return backend
+        if device.type != "cuda":
+            return "tiled"
+        error = natten_import_error()
+        if error is None:
+            return "natten"
+        _warn_once(
+            "auto-natten",
+            f"MSCAttention backend='auto' on CUDA runs 'tiled' because NATTEN does not import ({error}); "
+            "install msc-core[natten] for the fused kernels, or set backend='tiled' to silence this",
+        )
+        return "tiled"
+    if requested == "natten":
+        _natten_ops()  # raises ImportError naming the extra and the reason
+        if needs_grad and device.type != "cuda":
+            raise RuntimeError(
+                f"MSCAttention backend='natten' cannot train on {device.type}: NATTEN's CPU path is "
+                "forward-only; use backend='tiled' (or 'auto') for training off CUDA"
+            )
+    return requested
 
 
 # -----------------------------------------------------------------------------
@@ -128,7 +162,7 @@ class LowResBranch(nn.Module):
         keys, values = prepend_frames(past_keys, k), prepend_frames(past_values, v)
         if backend == "reference":
             out = reference_low_res_attention(q, keys, values, self.temporal_stride)
-        elif backend == "tiled":
+        elif backend == "tiled" or past_keys is not None:  # cached Low-Res calls: tiled (natten_backend)
             out = tiled_low_res_attention(q, keys, values, self.temporal_stride)
         else:
             out = natten_low_res_attention(q, keys, values, ph, pw, self.temporal_stride)
@@ -174,7 +208,10 @@ class MSCAttention(nn.Module):
         x = self._check_inputs(x, noise, cache, update_cache)
         B, T, H, W, _ = x.shape
         past = cache is not None and cache.num_frames > 0
-        backend = resolve_backend(self.config.backend, x.device, past)
+        needs_grad = self.config.backend == "natten" and torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters())
+        )
+        backend = resolve_backend(self.config.backend, x.device, past, needs_grad)
 
         hi, hi_k, hi_v = self.high_res(
             x, backend, cache.high_res_keys if past else None, cache.high_res_values if past else None

@@ -12,9 +12,15 @@ pooled frame (frame-global). Axes whose kernel is 1 (v = 1, w = 1, d >= T, a 1-p
 pooled axis) are folded into the batch, since NATTEN needs kernels >= 2. Time is zero-padded at the end to a multiple of `d`
 (NATTEN needs `kernel * dilation <= T`); causality makes padding invisible to real frames.
 
-NATTEN is an optional extra (`pip install 'msc-core[natten]'`), imported lazily. Calls
-with a KV cache are served by the `tiled` backend (na3d needs queries and keys of the
-same shape); the results are the same by construction.
+NATTEN is an optional extra (`pip install 'msc-core[natten]'`), imported lazily and once
+per process (the outcome, and the reason of a failure, are remembered).
+
+Calls with a KV cache: na3d needs as many query as key frames, so the High-Res branch pads
+the queries in front with the cached frames' positions (zeros) and keeps the outputs of the
+new frames. The High-Res cache holds only the `v - 1` frames the new ones can see, so the
+extra work is at most `(v - 1)` frames per call and the result is exact. The Low-Res branch
+of a cached call runs `tiled` (its cache holds every past frame, so padding would cost a
+whole sequence per step, and its pooled tokens are few).
 """
 
 from __future__ import annotations
@@ -25,24 +31,39 @@ import torch
 import torch.nn.functional as F
 
 
-def natten_available() -> bool:
+_NATTEN: dict[str, object] = {}  # "ops" -> (na1d, na2d, na3d) or "error" -> why the import failed
+
+
+def _import_natten() -> None:
+    if _NATTEN:
+        return
     try:
-        import natten.functional  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        from natten.functional import na1d, na2d, na3d
+    except Exception as err:  # ImportError, or a binary built for another torch / CUDA
+        _NATTEN["error"] = f"{type(err).__name__}: {err}"
+    else:
+        _NATTEN["ops"] = (na1d, na2d, na3d)
+
+
+def natten_import_error() -> str | None:
+    """Why NATTEN cannot be used in this process, or None when it imports (tried once)."""
+    _import_natten()
+    return _NATTEN.get("error")  # type: ignore[return-value]
+
+
+def natten_available() -> bool:
+    return natten_import_error() is None
 
 
 def _natten_ops() -> tuple[Callable[..., torch.Tensor], ...]:
-    try:
-        from natten.functional import na1d, na2d, na3d
-    except ImportError as err:
+    error = natten_import_error()
+    if error is not None:
         raise ImportError(
-            "MSCAttention backend='natten' needs NATTEN, an optional extra: "
-            "install it with `pip install 'msc-core[natten]'` (CUDA build), "
+            f"MSCAttention backend='natten' needs NATTEN, which does not import here ({error}): "
+            "install the optional extra with `pip install 'msc-core[natten]'` (CUDA build), "
             "or use backend='tiled' or 'auto'"
-        ) from err
-    return na1d, na2d, na3d
+        )
+    return _NATTEN["ops"]  # type: ignore[return-value]
 
 
 def neighborhood_attention_3d(
@@ -86,7 +107,11 @@ def neighborhood_attention_3d(
 def natten_high_res_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, temporal_window: int
 ) -> torch.Tensor:
-    """q, k, v `(B, h, T, H, W, D)` (no cache: queries and keys are the same frames)."""
+    """q `(B, h, Tq, H, W, D)`, k/v `(B, h, Tk, H, W, D)`; queries are the last Tq key frames."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    if Tk > Tq:  # cached frames: pad the queries in front, keep the new frames' outputs
+        pad = q.new_zeros(*q.shape[:2], Tk - Tq, *q.shape[3:])
+        return natten_high_res_attention(torch.cat([pad, q], dim=2), k, v, window, temporal_window)[:, :, Tk - Tq :]
     T, H, W = q.shape[2:5]
     kernel = (min(temporal_window, T), min(window, H), min(window, W))
     heads_last = [x.permute(0, 2, 3, 4, 1, 5) for x in (q, k, v)]  # (B, T, H, W, h, D)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from msc_core.attention.tiled import shape_cached
+
 
 def pooled_size(size: int, pool: int) -> int:
     return -(-size // pool)
@@ -25,10 +27,16 @@ def average_pool_frames(x: torch.Tensor, pool: int) -> torch.Tensor:
     h, w = pooled_size(H, pool), pooled_size(W, pool)
     x = F.pad(x, (0, 0, 0, w * pool - W, 0, h * pool - H))  # zeros add nothing to the sums
     sums = x.reshape(B, T, h, pool, w, pool, C).sum(dim=(3, 5))  # (B, T, h, w, C)
-    # pixels per cell: r*r inside, fewer along the bottom/right edge (shape-derived constants)
-    rows = torch.tensor([min(pool, H - i * pool) for i in range(h)], device=x.device, dtype=x.dtype)
-    cols = torch.tensor([min(pool, W - j * pool) for j in range(w)], device=x.device, dtype=x.dtype)
-    return sums / (rows[:, None, None] * cols[None, :, None])
+    if H % pool == 0 and W % pool == 0:
+        return sums / (pool * pool)
+
+    def cell_sizes() -> torch.Tensor:
+        # pixels per cell: r*r inside, fewer along the bottom/right edge (shape-derived constants)
+        rows = torch.tensor([min(pool, H - i * pool) for i in range(h)], device=x.device, dtype=x.dtype)
+        cols = torch.tensor([min(pool, W - j * pool) for j in range(w)], device=x.device, dtype=x.dtype)
+        return rows[:, None, None] * cols[None, :, None]
+
+    return sums / shape_cached(("pool_cells", H, W, pool, x.device, x.dtype), cell_sizes)
 
 
 def upsample_nearest_frames(x: torch.Tensor, pool: int, height: int, width: int) -> torch.Tensor:

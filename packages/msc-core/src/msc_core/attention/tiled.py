@@ -1,19 +1,24 @@
 """`tiled` backend: MSC attention in pure PyTorch, the fast CPU path and the ONNX path.
 
-High-Res branch (§3.2): the queries of each frame are cut into `tile x tile` spatial
-tiles. Because NATTEN windows are shifted inwards at the borders, the union of the
-`w x w` windows of a tile's queries lies in one `(tile + w - 1)^2` "halo" of the frame.
-One gather (`index_select` with a shape-derived index) collects, for every query tile,
-the halo in each of its `v` key frames; one batched `scaled_dot_product_attention`
-call over all tiles, frames and heads then applies the exact per-query window with a
-shape-derived boolean mask shared by every frame (the first `v - 1` frames, which have
-fewer key frames, get a call each). Work per query is `v * (tile + w - 1)^2` keys
-instead of `T * H * W` for dense attention.
+High-Res branch (§3.2): the queries of each frame are cut into `rows x cols` spatial
+tiles (`tile_size`). Because NATTEN windows are shifted inwards at the borders, the union
+of the `w x w` windows of a tile's queries lies in one `(rows + w - 1) x (cols + w - 1)`
+"halo" of the frame; a boolean mask shared by every frame applies each query's exact
+window. Work per query is `v` halos instead of `T * H * W` keys for dense attention.
 
-Memory: the gathered K/V tiles are ~`v * (tile + w - 1)^2 / tile^2` times the K/V
-themselves, so frames go through SDPA in chunks of at most `KEYS_PER_CALL` gathered key
-elements, and when gradients are needed each chunk is checkpointed: backward re-gathers
-its tiles (about 20% more time for this branch) instead of keeping them all alive.
+- CPU (`_CPUHighResTiles`, not while tracing): split by key frame. Each frame's query
+  tiles and each key frame's halos are gathered once, the `v` key frames of a query frame
+  are `v` contiguous slices attended by the CPU flash kernel, and the partial results are
+  merged exactly with their log-sum-exps; backward is the blockwise flash backward. Only
+  q, k, v, the output and the log-sum-exp are kept for backward.
+- Elsewhere (CUDA without NATTEN, torch.compile, torch.export / ONNX): one gather
+  (`index_select`) collects, for every query tile, the halo in each of its `v` key frames;
+  one batched `scaled_dot_product_attention` call per chunk of frames (the first `v - 1`
+  frames, which have fewer key frames, get a call each). For training each chunk is
+  checkpointed: backward re-gathers its tiles instead of keeping them all alive.
+
+Memory: frames go through in chunks of at most `KEYS_PER_CALL` gathered key elements.
+Index tensors and masks depend on shapes only and are cached per shape (`shape_cached`).
 
 Low-Res branch (§3.2): frames `t, t-d, t-2d, ...` are the frames congruent to `t`
 modulo `d`, so the frames are split into `d` interleaved groups and each group runs
@@ -25,7 +30,7 @@ traces and exports to ONNX.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -87,19 +92,47 @@ def _axis_mask(tiles: AxisTiles, window: int, device: torch.device) -> torch.Ten
     return (key[:, None, :] >= start[:, :, None]) & (key[:, None, :] < start[:, :, None] + tiles.window)
 
 
-def tiled_high_res_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    window: int,
-    temporal_window: int,
-    tile_size: int,
-) -> torch.Tensor:
-    """q `(B, h, Tq, H, W, D)`, k/v `(B, h, Tk, H, W, D)`; queries are the last Tq key frames."""
-    B, heads, Tq, H, W, D = q.shape
-    Tk = k.shape[2]
-    device = q.device
-    rows, cols = axis_tiles(H, window, tile_size), axis_tiles(W, window, tile_size)
+@dataclass(frozen=True)
+class _Chunk:
+    """One High-Res SDPA call: query frames `first..first+count-1`, `slots` key frames each."""
+
+    count: int
+    slots: int
+    q_index: torch.Tensor  # flat query rows gathered, in tile order
+    k_index: torch.Tensor  # flat key rows gathered: each tile's halo in each of its key frames
+    mask: torch.Tensor  # (1, nTiles, tile queries, slots * halo keys) bool, shared by every frame
+
+
+@dataclass(frozen=True)
+class _HighResPlan:
+    """Everything about a High-Res call that depends on shapes only: built once per shape."""
+
+    num_tiles: int
+    tile_queries: int
+    halo_keys: int
+    chunks: tuple[_Chunk, ...]
+    out_index: torch.Tensor  # tile order -> (t, i, j) order
+    # one frame's geometry, for the split-by-key-frame CPU path
+    q_spatial: torch.Tensor  # (nTiles * tile queries,) flat i*W + j of each tile query
+    k_spatial: torch.Tensor  # (nTiles * halo keys,) flat i*W + j of each halo key
+    out_spatial: torch.Tensor  # (H * W,) tile-order position of each pixel
+    spatial_mask: torch.Tensor  # (1, nTiles, tile queries, halo keys) bool
+    additive_masks: dict = field(default_factory=dict, compare=False)  # dtype -> 0 / -inf spatial mask
+
+    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        if dtype not in self.additive_masks:
+            mask = self.spatial_mask
+            self.additive_masks[dtype] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                ~mask, float("-inf")
+            )
+        return self.additive_masks[dtype]
+
+
+def _build_high_res_plan(
+    H: int, W: int, Tq: int, Tk: int, window: int, temporal_window: int, tile: tuple[int, int],
+    per_call_budget: int, device: torch.device,
+) -> _HighResPlan:
+    rows, cols = axis_tiles(H, window, tile[0]), axis_tiles(W, window, tile[1])
     num_tiles = rows.num_tiles * cols.num_tiles
     tile_queries, halo_keys = rows.tile * cols.tile, rows.halo * cols.halo
 
@@ -113,54 +146,222 @@ def tiled_high_res_attention(
         & _axis_mask(cols, window, device)[None, :, None, :, None, :]
     ).reshape(num_tiles, tile_queries, halo_keys)
 
-    q_flat = q.reshape(B * heads, Tq * H * W, D)
-    k_flat = k.reshape(B * heads, Tk * H * W, D)
-    v_flat = v.reshape(B * heads, Tk * H * W, D)
-
-    def attend(first: int, count: int, slots: int) -> torch.Tensor:
-        """Query frames first..first+count-1, each with its `slots` key frames ending at itself."""
+    def chunk(first: int, count: int, slots: int) -> _Chunk:
         frames = torch.arange(first, first + count, device=device)
         key_frames = (Tk - Tq) + frames[:, None] - (slots - 1) + torch.arange(slots, device=device)  # (count, slots)
         q_index = frames[:, None, None] * (H * W) + q_pos  # (count, nTiles, th*tw)
         k_index = key_frames[:, None, :, None] * (H * W) + k_pos[None, :, None, :]  # (count, nTiles, slots, kh*kw)
-        shape_q = (B * heads * count, num_tiles, tile_queries, D)
-        shape_k = (B * heads * count, num_tiles, slots * halo_keys, D)
-        mask = spatial_mask.repeat(1, 1, slots)[None]  # (1, nTiles, th*tw, slots*kh*kw), shared by all frames
-        return F.scaled_dot_product_attention(
-            q_flat.index_select(1, q_index.reshape(-1)).reshape(shape_q),
-            k_flat.index_select(1, k_index.reshape(-1)).reshape(shape_k),
-            v_flat.index_select(1, k_index.reshape(-1)).reshape(shape_k),
-            attn_mask=mask,
-        ).reshape(B * heads, count * num_tiles * tile_queries, D)
-
-    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)) and not _tracing()
-
-    def attend_chunk(first: int, count: int, slots: int) -> torch.Tensor:
-        # training: keep only q/k/v for backward and re-gather the tiles there, so the
-        # gathered K/V (the bulk of this branch's memory) live one chunk at a time
-        if recompute:
-            return checkpoint(attend, first, count, slots, use_reentrant=False)
-        return attend(first, count, slots)
+        mask = spatial_mask.repeat(1, 1, slots)[None]  # (1, nTiles, th*tw, slots*kh*kw)
+        return _Chunk(count, slots, q_index.reshape(-1), k_index.reshape(-1), mask)
 
     # the first frames of the sequence have fewer than v frames to look at: one call each,
     # so that every other frame shares one spatial mask and no key slot is ever empty
     slots = min(temporal_window, Tk)
     early = max(0, min(Tq, (slots - 1) - (Tk - Tq)))
-    parts = [attend_chunk(t, 1, Tk - Tq + t + 1) for t in range(early)]
-    per_call = max(1, KEYS_PER_CALL // (B * heads * num_tiles * slots * halo_keys * D))
-    for first in range(early, Tq, per_call):
-        parts.append(attend_chunk(first, min(per_call, Tq - first), slots))
-    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B*h, Tq*nTiles*th*tw, D)
+    chunks = [chunk(t, 1, Tk - Tq + t + 1) for t in range(early)]
+    per_call = max(1, per_call_budget // (num_tiles * slots * halo_keys))
+    chunks += [chunk(first, min(per_call, Tq - first), slots) for first in range(early, Tq, per_call)]
 
     # back from tile order to (t, i, j) order; queries past the edge are dropped here
     i, j = torch.arange(H, device=device), torch.arange(W, device=device)
     tile_of = (i // rows.tile)[:, None] * cols.num_tiles + (j // cols.tile)[None, :]  # (H, W)
     within = (i % rows.tile)[:, None] * cols.tile + (j % cols.tile)[None, :]
-    out_index = (
-        torch.arange(Tq, device=device)[:, None, None] * (num_tiles * tile_queries)
-        + (tile_of * tile_queries + within)[None]
-    )  # (Tq, H, W)
-    out = out.index_select(1, out_index.reshape(-1))
+    out_spatial = (tile_of * tile_queries + within).reshape(-1)  # (H * W,)
+    out_index = (torch.arange(Tq, device=device)[:, None] * (num_tiles * tile_queries) + out_spatial).reshape(-1)
+    return _HighResPlan(
+        num_tiles, tile_queries, halo_keys, tuple(chunks), out_index,
+        q_pos.reshape(-1), k_pos.reshape(-1), out_spatial, spatial_mask[None],
+    )
+
+
+_SHAPE_CACHE: dict[tuple, object] = {}
+_MAX_CACHED = 128
+
+
+def shape_cached(key: tuple, build):
+    """`build()` cached per process under `key` (shapes and a device, never tensor values).
+
+    Index tensors and masks are functions of shapes only: made once per shape instead of
+    from Python lists in every call. Rebuilt, not cached, while tracing (torch.compile /
+    export record the index arithmetic in the graph). Bounded: streaming grows the number
+    of key frames by one per call, so the oldest entries go first.
+    """
+    if _tracing():
+        return build()
+    value = _SHAPE_CACHE.get(key)
+    if value is None:
+        if len(_SHAPE_CACHE) >= _MAX_CACHED:
+            _SHAPE_CACHE.pop(next(iter(_SHAPE_CACHE)))
+        value = _SHAPE_CACHE[key] = build()
+    return value
+
+
+def high_res_plan(
+    H: int, W: int, Tq: int, Tk: int, window: int, temporal_window: int, tile: tuple[int, int],
+    per_call_budget: int, device: torch.device,
+) -> _HighResPlan:
+    """The plan of one call shape, cached per process (`shape_cached`)."""
+    args = (H, W, Tq, Tk, window, temporal_window, tile, per_call_budget, device)
+    return shape_cached(("high_res", *args), lambda: _build_high_res_plan(*args))
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return x.index_select(1, index).reshape(shape)
+
+
+_flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_flash_cpu_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def _frame_chunks(plan: _HighResPlan, Tq: int, BH: int, D: int) -> list[tuple[int, int]]:
+    """Query frame ranges whose gathered halos stay within `KEYS_PER_CALL` elements."""
+    per_frame = max(1, BH * plan.num_tiles * plan.halo_keys * D)
+    step = max(1, KEYS_PER_CALL // per_frame)
+    return [(first, min(Tq, first + step)) for first in range(0, Tq, step)]
+
+
+class _CPUHighResTiles(torch.autograd.Function):
+    """The High-Res branch on CPU, split by key frame: no K/V tile is gathered twice.
+
+    Inputs are frame-major `(T, B*h, H*W, D)`. Each frame's queries are gathered into tiles
+    once and each key frame's halos once; the `v` key frames of a query frame are then
+    `v` contiguous slices (query frames `t0..`, key frames `t0 - s..`), each attended by
+    the flash kernel with the one spatial mask, and the partial results merged exactly
+    with their log-sum-exps. Backward calls the flash kernel's backward per key frame with
+    the merged output and log-sum-exp (the blockwise flash backward), accumulating into one
+    gradient buffer per input; nothing but q, k, v, the output and the log-sum-exp is kept.
+    Frames go through in chunks so the gathered halos hold at most `KEYS_PER_CALL` elements.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, plan: _HighResPlan, slots: int):  # type: ignore[override]
+        Tq, BH, _, D = q.shape
+        past = k.shape[0] - Tq
+        mask = plan.additive_mask(q.dtype)
+        out = q.new_empty(Tq, BH, plan.num_tiles, plan.tile_queries, D)
+        lse = torch.full((Tq, BH, plan.num_tiles, plan.tile_queries), float("-inf"), device=q.device,
+                         dtype=_lse_dtype(q.dtype))
+        for first, last, qt, kt, vt, key_first in _chunk_tiles(plan, q, k, v, slots):
+            for s in range(slots):
+                t0 = max(first, s - past)  # query frames that have a key frame s back
+                if t0 >= last:
+                    continue
+                k0 = t0 + past - s - key_first
+                n = last - t0
+                o_s, lse_s = _flash_cpu(
+                    qt[t0 - first :].flatten(0, 1), kt[k0 : k0 + n].flatten(0, 1), vt[k0 : k0 + n].flatten(0, 1),
+                    attn_mask=mask,
+                )
+                lse_s = lse_s.to(lse.dtype).view(n, BH, plan.num_tiles, plan.tile_queries)
+                o_s = o_s.view(n, BH, plan.num_tiles, plan.tile_queries, D)
+                if s == 0:  # every query frame has its own frame: the first partial result
+                    out[t0:last], lse[t0:last] = o_s, lse_s
+                    continue
+                merged = torch.logaddexp(lse[t0:last], lse_s)
+                keep, new = torch.exp(lse[t0:last] - merged), torch.exp(lse_s - merged)
+                out[t0:last] = out[t0:last] * keep[..., None].to(q.dtype) + o_s * new[..., None].to(q.dtype)
+                lse[t0:last] = merged
+        ctx.plan, ctx.slots = plan, slots
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        plan: _HighResPlan = ctx.plan
+        q, k, v, out, lse = ctx.saved_tensors
+        Tq, BH, _, D = q.shape
+        past = k.shape[0] - Tq
+        mask = plan.additive_mask(q.dtype)
+        grad = grad.contiguous()
+        gq, gk, gv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for first, last, qt, kt, vt, key_first in _chunk_tiles(plan, q, k, v, ctx.slots):
+            gqt, gkt, gvt = None, torch.zeros_like(kt), torch.zeros_like(vt)
+            for s in range(ctx.slots):
+                t0 = max(first, s - past)
+                if t0 >= last:
+                    continue
+                k0 = t0 + past - s - key_first
+                n = last - t0
+                dq, dk, dv = _flash_cpu_backward(
+                    grad[t0:last].flatten(0, 1), qt[t0 - first :].flatten(0, 1), kt[k0 : k0 + n].flatten(0, 1),
+                    vt[k0 : k0 + n].flatten(0, 1), out[t0:last].flatten(0, 1),
+                    lse[t0:last].flatten(0, 1).to(_lse_dtype(q.dtype)), 0.0, False, attn_mask=mask,
+                )
+                if gqt is None:  # s = 0 covers every query frame of the chunk
+                    gqt = dq.view_as(qt)
+                else:
+                    gqt[t0 - first :] += dq.view_as(gqt[t0 - first :])
+                gkt[k0 : k0 + n] += dk.view_as(gkt[k0 : k0 + n])
+                gvt[k0 : k0 + n] += dv.view_as(gvt[k0 : k0 + n])
+            key_last = key_first + kt.shape[0]
+            gq[first:last].index_add_(2, plan.q_spatial, gqt.flatten(2, 3))
+            gk[key_first:key_last].index_add_(2, plan.k_spatial, gkt.flatten(2, 3))
+            gv[key_first:key_last].index_add_(2, plan.k_spatial, gvt.flatten(2, 3))
+        return gq, gk, gv, None, None
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The CPU flash kernel's log-sum-exp: float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk_tiles(plan: _HighResPlan, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: int):
+    """Per frame chunk: `(first, last, q tiles, k halos, v halos, first key frame gathered)`."""
+    Tq, BH, _, D = q.shape
+    past = k.shape[0] - Tq
+    for first, last in _frame_chunks(plan, Tq, BH, D):
+        key_first = max(0, first + past - (slots - 1))
+        key_last = last + past
+        qt = q[first:last].index_select(2, plan.q_spatial).view(last - first, BH, plan.num_tiles, plan.tile_queries, D)
+        kt, vt = (
+            x[key_first:key_last].index_select(2, plan.k_spatial).view(key_last - key_first, BH, plan.num_tiles, plan.halo_keys, D)
+            for x in (k, v)
+        )
+        yield first, last, qt, kt, vt, key_first
+
+
+def tiled_high_res_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    temporal_window: int,
+    tile_size: int | tuple[int, int],
+) -> torch.Tensor:
+    """q `(B, h, Tq, H, W, D)`, k/v `(B, h, Tk, H, W, D)`; queries are the last Tq key frames."""
+    B, heads, Tq, H, W, D = q.shape
+    Tk = k.shape[2]
+    tile = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)
+    plan = high_res_plan(H, W, Tq, Tk, window, temporal_window, tile, KEYS_PER_CALL // (B * heads * D), q.device)
+
+    if q.device.type == "cpu" and not _tracing():
+        frames_first = [x.permute(2, 0, 1, 3, 4, 5).reshape(x.shape[2], B * heads, H * W, D) for x in (q, k, v)]
+        out = _CPUHighResTiles.apply(*frames_first, plan, min(temporal_window, Tk))  # (Tq, B*h, nTiles, tq, D)
+        out = out.flatten(2, 3).index_select(2, plan.out_spatial)  # (Tq, B*h, H*W, D)
+        return out.reshape(Tq, B, heads, H, W, D).permute(1, 2, 0, 3, 4, 5)
+
+    q_flat = q.reshape(B * heads, Tq * H * W, D)
+    k_flat = k.reshape(B * heads, Tk * H * W, D)
+    v_flat = v.reshape(B * heads, Tk * H * W, D)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)) and not _tracing()
+    # elsewhere (CUDA without NATTEN, torch.compile, ONNX export): the halos of the v key
+    # frames gathered per query frame into one batched SDPA call per chunk of frames
+    def attend(n: int) -> torch.Tensor:
+        c = plan.chunks[n]
+        shape_q = (B * heads * c.count, plan.num_tiles, plan.tile_queries, D)
+        shape_k = (B * heads * c.count, plan.num_tiles, c.slots * plan.halo_keys, D)
+        return F.scaled_dot_product_attention(
+            _gather(q_flat, c.q_index, shape_q), _gather(k_flat, c.k_index, shape_k),
+            _gather(v_flat, c.k_index, shape_k), attn_mask=c.mask,
+        ).reshape(B * heads, -1, D)
+
+    # training elsewhere (CUDA without NATTEN): keep only q/k/v for backward and
+    # re-gather the tiles there, so the gathered K/V live one chunk at a time
+    parts = [
+        checkpoint(attend, n, use_reentrant=False) if needs_grad else attend(n) for n in range(len(plan.chunks))
+    ]
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (B*h, Tq*nTiles*th*tw, D)
+    out = out.index_select(1, plan.out_index)
     return out.reshape(B, heads, Tq, H, W, D)
 
 
@@ -183,9 +384,12 @@ def tiled_low_res_attention(
         x = x.reshape(B, heads, rows_, d, P, D).transpose(2, 3)
         return x.reshape(B, heads * d, rows_ * P, D)
 
-    row_q = torch.arange(query_rows, device=q.device) + first_query_row
-    row_k = torch.arange(key_rows, device=q.device)
-    mask = (row_q[:, None] >= row_k[None, :]).repeat_interleave(P, 0).repeat_interleave(P, 1)
+    def causal_rows() -> torch.Tensor:
+        row_q = torch.arange(query_rows, device=q.device) + first_query_row
+        row_k = torch.arange(key_rows, device=q.device)
+        return (row_q[:, None] >= row_k[None, :]).repeat_interleave(P, 0).repeat_interleave(P, 1)
+
+    mask = shape_cached(("low_res", query_rows, key_rows, first_query_row, P, q.device), causal_rows)
     out = F.scaled_dot_product_attention(
         by_group(q, query_rows, front), by_group(k, key_rows, 0), by_group(v, key_rows, 0), attn_mask=mask
     )  # (B, h*d, query_rows*P, D)
