@@ -6,8 +6,10 @@ import pytest
 
 from msc_core.attention import MSCAttentionConfig
 from msc_core.attention.tiled import axis_tiles
+from msc_core.attention.masks import high_res_mask, low_res_frame_mask
 from msc_core.flops import (
     dense_frame_causal_flops,
+    exact_flops_estimate,
     high_res_halo_ratio,
     high_res_window_flops,
     msc_attention_flops,
@@ -75,3 +77,34 @@ def test_window_flops_count_each_query_window() -> None:
     assert msc_attention_flops(cfg, 2, 3, 5, 4)["high_res_attention"] == high_res_window_flops(cfg, 2, 3, 5, 4)
     hd, heads = cfg.head_dim, cfg.num_high_res_heads
     assert high_res_window_flops(cfg, 1, 1, 2, 2) == 4 * heads * hd * (2 * 2) * (2 * 2)  # window clamped to 2x2
+
+
+@pytest.mark.parametrize("size", [(5, 9, 7), (16, 8, 8)])
+def test_exact_estimate_counts_the_pairs_the_masks_allow(size) -> None:
+    """The corrected closed form against a brute-force count of the reference masks, and
+    its projection terms against the FLOPs the module runs."""
+    T, H, W = size
+    C, heads, w, v, r, d = 32, 4, 3, 2, 2, 3
+    est = exact_flops_estimate(1, T, H, W, C, heads, w, v, r, d)
+    cfg = MSCAttentionConfig(dim=C, num_heads=heads, window=w, temporal_window=v, pool=r, temporal_stride=d)
+    c_hi = cfg.num_high_res_heads * cfg.head_dim
+    c_lo = C - c_hi
+    hi_pairs = int(high_res_mask(T, T, H, W, w, v).sum())
+    P = -(-H // r) * -(-W // r)
+    lo_pairs = int(low_res_frame_mask(T, T, d).sum()) * P * P
+    assert est["high_res_attention"] == 4 * c_hi * hi_pairs
+    assert est["low_res_attention"] == 4 * c_lo * lo_pairs
+    assert est["high_res_attention"] == high_res_window_flops(cfg, 1, T, H, W)
+    measured = msc_attention_flops(cfg, 1, T, H, W)
+    for stage in ("high_res_projection", "low_res_projection", "output_projection"):
+        assert est[stage] == measured[stage], stage
+    causal = T * (T + 1) // 2 * (H * W) ** 2
+    assert est["dense"] == dense_frame_causal_flops(1, T, H, W, C, heads)["total"] - 4 * C * (T * H * W) ** 2 + 4 * C * causal
+
+
+def test_paper_and_exact_estimates_side_by_side_at_the_bench_size() -> None:
+    """Written down in the README: at T=16, 32x32, C=256, w=7, v=3, r=2, d=4."""
+    paper = paper_flops_estimate(1, 16, 32, 32, 256, 7, 3, 2, 4)
+    exact = exact_flops_estimate(1, 16, 32, 32, 256, 8, 7, 3, 2, 4)
+    assert exact["msc_over_dense"] == pytest.approx(0.0561, abs=5e-4)  # the README quotes these two
+    assert paper["msc_over_dense"] == pytest.approx(0.0347, abs=5e-4)

@@ -8,7 +8,8 @@ and the masked-out half of dense attention are counted as they are executed.
 comparison. Note its conventions: the projection terms count 2 FLOPs per
 multiply-add (`6bsh^2` for QKV) while the attention terms `2bs^2h` count one per
 multiply-add, and the High-Res term divides by `w^2 v` instead of multiplying by it;
-so it is an order-of-magnitude guide, not a count.
+so it is an order-of-magnitude guide, not a count. `exact_flops_estimate` is the
+corrected closed form beside it (see its docstring for every deviation).
 """
 
 from __future__ import annotations
@@ -107,3 +108,57 @@ def paper_flops_estimate(
     high = 2 * b * s * h**2 + b * s**2 * h / (2 * w**2 * v)
     low = 2 * b * s * h**2 / r**2 + b * s**2 * h / (2 * r**2 * d)
     return {"dense": float(dense), "high_res": high, "low_res": low, "msc": high + low, "msc_over_dense": (high + low) / dense}
+
+
+def exact_flops_estimate(
+    batch: int,
+    frames: int,
+    height: int,
+    width: int,
+    dim: int,
+    num_heads: int,
+    window: int,
+    temporal_window: int,
+    pool: int,
+    temporal_stride: int,
+    high_res_head_ratio: float = 0.5,
+) -> dict[str, float]:
+    """Forward FLOPs of MSC attention and dense frame-causal attention if every query
+    computed exactly the keys its mask allows (2 FLOPs per multiply-add throughout).
+
+    Deviations from the paper's §3.2 closed form (`paper_flops_estimate`), written down:
+    1. one convention: 2 FLOPs per multiply-add everywhere (the paper counts projections
+       in FLOPs, `6bsh^2` for QKV, but attention in multiply-adds, `2bs^2h`);
+    2. the branches are as wide as their heads (`C_hi = round(heads * ratio) * head_dim`,
+       `C_lo` the rest), fed by the full `h`-channel input; the paper assumes each branch
+       sees an `h/2`-wide input;
+    3. High-Res attention multiplies by the window, `s * v * w^2` query-key pairs (borders
+       clamp windows to the frame), where the paper divides `s^2` by `w^2 v`;
+    4. Low-Res keys are pooled as well as queries, and frame t sees the
+       `floor(t / d) + 1` frames `t, t-d, ...`: `P^2 * sum_t (floor(t/d) + 1)` pairs with
+       `P = ceil(H/r) * ceil(W/r)`; the paper's total divides `s^2` by `r^2` once, which
+       contradicts its own middle term (`s/r^2` queries against `s/r^2` keys);
+    5. dense frame-causal attention counts its causal pairs `(HW)^2 T(T+1)/2`, not `s^2`;
+    6. the output projection (`2 b s h^2`) is counted for both; the gates (an MLP on the
+       noise embedding, per frame) are left out.
+    """
+    b, T, H, W, h = batch, frames, height, width, dim
+    head_dim = h // num_heads
+    c_hi = round(num_heads * high_res_head_ratio) * head_dim
+    c_lo = h - c_hi
+    s = T * H * W
+    P = -(-H // pool) * -(-W // pool)
+    hi_pairs = sum(min(temporal_window, t + 1) for t in range(T)) * H * W * min(window, H) * min(window, W)
+    lo_pairs = P * P * sum(t // temporal_stride + 1 for t in range(T))
+    out = {
+        "high_res_projection": 2.0 * b * s * h * 3 * c_hi,
+        "high_res_attention": 4.0 * b * c_hi * hi_pairs,
+        "low_res_projection": 2.0 * b * T * P * h * 3 * c_lo,
+        "low_res_attention": 4.0 * b * c_lo * lo_pairs,
+        "output_projection": 2.0 * b * s * h * h,
+    }
+    out["msc"] = sum(out.values())
+    dense_pairs = (H * W) ** 2 * T * (T + 1) / 2
+    out["dense"] = 2.0 * b * s * h * 3 * h + 4.0 * b * h * dense_pairs + 2.0 * b * s * h * h
+    out["msc_over_dense"] = out["msc"] / out["dense"]
+    return out
