@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from msc_data import MissingExtraError, MovingMNIST, MovingMNISTConfig, load_mnist_digits, render_moving_mnist
-from msc_data.moving_mnist import DIGIT_SIZE, HELD_OUT_FROM
+from msc_data.moving_mnist import DIGIT_SIZE, split_digit_ids
 from msc_data.sample_videos import sample_video_paths
 
 
@@ -62,18 +62,27 @@ def test_static_clips_do_not_move_and_say_so() -> None:
     assert clip.caption.endswith("standing still")
 
 
-def test_held_out_split_uses_disjoint_digits() -> None:
+def test_held_out_split_uses_disjoint_digits_of_every_class() -> None:
+    """The shipped file is sorted by label: an id-range split put every nine in `test`
+    and none in `train`. Held out: the last 50 digits of each class."""
+    _, labels = load_mnist_digits()
+    train_ids, test_ids = set(split_digit_ids("train").tolist()), set(split_digit_ids("test").tolist())
+    assert not train_ids & test_ids and len(train_ids) == 4500 and len(test_ids) == 500
+    assert [int((labels[sorted(test_ids)] == c).sum()) for c in range(10)] == [50] * 10
+    assert set(labels[sorted(train_ids)].tolist()) == set(range(10))
     train = {d for i in range(200) for d in render_moving_mnist(MovingMNISTConfig(frames=1), 0, i).digit_ids}
     test = {d for i in range(200) for d in render_moving_mnist(MovingMNISTConfig(frames=1, split="test"), 0, i).digit_ids}
-    assert max(train) < HELD_OUT_FROM <= min(test)
+    assert train <= train_ids and test <= test_ids
     assert len(train) > 300 and len(test) > 250
+    assert set(labels[sorted(test)].tolist()) == set(range(10))
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_digits_per_class_draws_from_the_first_k_glyphs_of_each_class(split: str) -> None:
     _, labels = load_mnist_digits()
-    lo, hi = (0, HELD_OUT_FROM) if split == "train" else (HELD_OUT_FROM, len(labels))
-    first_two = {int(d) for c in range(10) for d in (np.flatnonzero(labels[lo:hi] == c)[:2] + lo)}
+    ids = split_digit_ids(split)
+    first_two = {int(d) for c in range(10) for d in ids[labels[ids] == c][:2]}
+    assert len(first_two) == 20
     config = MovingMNISTConfig(frames=1, num_digits=2, split=split, digits_per_class=2)
     used = {d for i in range(300) for d in render_moving_mnist(config, 0, i).digit_ids}
     assert used == first_two  # 20 glyphs, all of them used, nothing else

@@ -79,7 +79,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     mm.add_argument("--digits", type=positive_int, default=2, help="digits per clip")
     mm.add_argument("--speed-min", type=float, default=2.0, help="pixels per frame")
     mm.add_argument("--speed-max", type=float, default=4.0, help="pixels per frame")
-    mm.add_argument("--split", choices=("train", "test"), default="train", help="digit ids 0-4499 or held-out 4500-4999")
+    mm.add_argument("--split", choices=("train", "test"), default="train", help="the 4,500 training digits or the 500 held-out ones (the last 50 of each class)")
     add_progress_flag(build, legacy=["--quiet"])
     build.set_defaults(run=_build)
 

@@ -8,8 +8,10 @@ position with a random direction and a speed in `[speed_min, speed_max]` pixels 
 frame and reflects off the borders; overlapping digits combine with `max`.
 
 Every clip is a pure function of `(seed, index)`, so a clip set is the same whatever the
-number of nodes and workers that produce it. Digits are split by id: `train` clips use
-digits 0..4499, `test` clips the held-out digits 4500..4999.
+number of nodes and workers that produce it. Digits are split per class: the last 50
+digits (by id) of each class are held out for `test` clips (500 digits), `train` clips
+use the other 4,500; every class is in both. (The shipped file is sorted by label, 500
+per class, so a split by id range would put every nine in `test` and none in `train`.)
 
 - `render_moving_mnist(config, seed, index)`: one clip as uint8 `(T, H, W)`.
 - `MovingMNIST`: a torch `IterableDataset` of `{"video": (C, T, H, W) in [-1, 1], ...}`
@@ -37,7 +39,7 @@ from msc_data.video_tensor import frames_to_video
 EXTRA = "moving-mnist"
 DIGIT_SIZE = 28
 NUM_SHIPPED_DIGITS = 5000
-HELD_OUT_FROM = 4500  # digit ids >= this form the test split
+HELD_OUT_PER_CLASS = 50  # the last 50 digits (by id) of each class form the test split
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -57,12 +59,18 @@ def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_digit_ids(split: str) -> np.ndarray:
-    """Digit ids a split may use: `train` 0..4499, `test` (held out) 4500..4999."""
-    if split == "train":
-        return np.arange(0, HELD_OUT_FROM)
-    if split == "test":
-        return np.arange(HELD_OUT_FROM, NUM_SHIPPED_DIGITS)
-    raise ValueError(f"unknown moving-mnist split {split!r}; valid: 'train', 'test'")
+    """Digit ids a split may use, sorted: `test` (held out) the last `HELD_OUT_PER_CLASS`
+    digits of each class by id (500), `train` the rest (4,500); every class is in both."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown moving-mnist split {split!r}; valid: 'train', 'test'")
+    _, labels = load_mnist_digits()
+    ids = np.arange(len(labels))
+    from_end = np.empty_like(ids)
+    for c in np.unique(labels):  # position of each digit within its class, counted from the end
+        members = ids[labels == c]
+        from_end[members] = len(members) - np.arange(len(members))  # last one: 1
+    held_out = from_end <= HELD_OUT_PER_CLASS
+    return ids[held_out] if split == "test" else ids[~held_out]
 
 
 def digit_pool(split: str, digits_per_class: int | None = None) -> np.ndarray:

@@ -8,7 +8,9 @@ with the AD scheduler (sliding window past the training length) and writes to `o
                              else 4 seeds) side by side, enlarged 3x
     real.gif                 training clips of the same digits, for comparison
     loss.png                 the training loss curve
-    metrics.json             steps, final loss, wall time, samples/s, ...
+    metrics.json             steps, final loss, wall time, samples/s, ... and, for a
+                             class-conditional job, the recognition rate of the sampled
+                             digits by msc-data's offline digit classifier
     runs/demo/               the Ray Train run: checkpoints, model/, metrics.jsonl
 
 Re-running with the same `out/` resumes (or, when finished, reuses) the run.
@@ -109,6 +111,25 @@ def shortened(job: TrainJob, steps: int) -> TrainJob:
     )
 
 
+def digit_metrics(job: TrainJob, videos: list[torch.Tensor], labels: list[int | None]) -> dict[str, Any]:
+    """Recognition of the sampled digits by msc-data's offline digit classifier
+    (`msc_data.video_metrics`): the fraction of generated frames read as the requested
+    digit (overall and per frame position) and the fraction read as their clip's majority
+    digit. Only for class-conditional moving-MNIST jobs with one digit per clip."""
+    data = job.data
+    if not (isinstance(data, MovingMNISTSource) and data.num_digits == 1 and all(x is not None for x in labels)):
+        return {}
+    from msc_data.video_metrics import identity_consistency, recognition_rate
+
+    batch = torch.stack(videos)  # (B, C, T, H, W) in [-1, 1]
+    rate = recognition_rate(batch, torch.tensor(labels))
+    return {
+        "recognition_rate": rate.overall,
+        "recognition_rate_per_frame": [round(r, 3) for r in rate.per_frame],
+        "identity_consistency": identity_consistency(batch),
+    }
+
+
 def run_demo(
     out: str | Path,
     job_path: str | Path | None = None,
@@ -163,6 +184,7 @@ def run_demo(
         "sample_seeds": [job.seed + i for i in range(len(labels))],
         "sampler": {"steps": SAMPLE_STEPS, "offset": SAMPLE_OFFSET, "eta": SAMPLE_ETA, "guidance_scale": guidance},
         "frame_size": job.data.frame_size,
+        **digit_metrics(job, videos, labels),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "samples_per_s": sum(speeds) / len(speeds) if speeds else None,
