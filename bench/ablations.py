@@ -28,7 +28,8 @@ Suites (`--suite`):
   independent vs synchronous timesteps, and eps instead of x0 (with FoPP);
 - `offset`: one model per seed (the base config), sampled with AD offsets s in
   {0, 5, 10, 25, S} for 2x the training length (`--sample-steps` = S);
-- `all` (default): the three at once, the base configuration trained once per seed.
+- `all` (default): the three at once, the base configuration trained once per seed;
+  `core`: the same without the head-split variants.
 
     .venv/bin/python bench/ablations.py --suite all --seeds 3 --steps 400 --jobs 2 --out ablations.json
 """
@@ -79,6 +80,8 @@ SUITES: dict[str, dict[str, dict[str, Any]]] = {
 }
 # `all`: every configuration once (the base is shared), the base also sampled at every offset
 SUITES["all"] = {name: changes for suite in ("attention", "samplers") for name, changes in SUITES[suite].items()}
+# `core`: dense vs the base and the timestep samplers (the head-split variants left out)
+SUITES["core"] = {name: changes for name, changes in SUITES["all"].items() if not name.startswith("MSC, ")}
 
 
 def merged(base: dict, changes: dict) -> dict:
@@ -240,6 +243,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--work", type=Path, default=Path("ablation-runs"),
                         help="where each run keeps its result and samples (a finished run is reused)")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the runs already in --work, train nothing (missing runs are listed)")
     parser.add_argument("--train-only", action="store_true",
                         help="train and sample every run, skip the classifier scoring")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -264,8 +269,10 @@ def main() -> None:
         out_dir = run_dir(name, seed, steps)
         if (out_dir / "result.json").exists():  # finished before: reuse (the runs are deterministic)
             return json.loads((out_dir / "result.json").read_text())
+        if args.score_only:
+            return {"seed": seed, "error": "not trained (--score-only)"}
         spec = {"changes": changes, "seed": seed, "steps": steps, "sample_steps": args.sample_steps,
-                "offsets": offsets if changes == {} and args.suite in ("offset", "all") else None,
+                "offsets": offsets if changes == {} and args.suite in ("offset", "all", "core") else None,
                 "out_dir": str(out_dir)}
         done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
                               capture_output=True, text=True)
@@ -289,7 +296,7 @@ def main() -> None:
     for name, run in results:
         by_config[name].append(run if "error" in run else score_samples(run, run_dir(name, run["seed"], steps)))
     report = {
-        "suite": args.suite, "suites": {k: list(v) for k, v in SUITES.items() if k != "all"}, "steps": steps, "seeds": args.seeds, "sample_steps": args.sample_steps,
+        "suite": args.suite, "suites": {k: list(v) for k, v in SUITES.items() if k not in ("all", "core")}, "steps": steps, "seeds": args.seeds, "sample_steps": args.sample_steps,
         "batch": BATCH, "base_model": BASE_MODEL, "data": DATA, "wall_s": round(time.time() - start, 1),
         "configs": {name: {"changes": configs[name],
                            **(summarise([r for r in runs if "error" not in r]) if any("error" not in r for r in runs) else {}),
