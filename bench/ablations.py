@@ -188,7 +188,7 @@ def score_samples(run: dict, out_dir: Path) -> dict:
     from msc_data.video_metrics import classifier_frechet_distance, identity_consistency, recognition_rate
 
     classifier = load_digit_classifier()
-    samples = torch.load(out_dir / "samples.pt")
+    samples = torch.load(out_dir / "samples.pt", weights_only=True)  # tensors only: no pickle execution
     real, labels = samples.pop("real"), torch.arange(10)
 
     def metrics(video: torch.Tensor) -> dict:
