@@ -11,12 +11,17 @@ from msc_core.attention import MSCAttention, MSCAttentionConfig
 pytestmark = pytest.mark.onnx
 
 
-def test_tiled_backend_exports_and_matches_onnx_runtime(tmp_path) -> None:
+# the paper options (light cone, anchored stride, key-aware gates) export as well
+OPTIONS = {"default": {}, "paper_options": dict(light_cone_growth=1, stride_anchor="fixed", gate_keys=True)}
+
+
+@pytest.mark.parametrize("options", list(OPTIONS.values()), ids=list(OPTIONS))
+def test_tiled_backend_exports_and_matches_onnx_runtime(tmp_path, options: dict) -> None:
     ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the msc-core[onnx] extra")
     torch.manual_seed(0)
     module = MSCAttention(
         MSCAttentionConfig(dim=32, num_heads=4, window=3, temporal_window=3, pool=2, temporal_stride=2,
-                           tile_size=4, noise_embed_dim=16, backend="tiled")
+                           tile_size=4, noise_embed_dim=16, backend="tiled", **options)
     ).eval()
     torch.nn.init.normal_(module.gate.mlp[-1].weight, std=0.5)  # noise-dependent gates
     gen = torch.Generator().manual_seed(1)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from msc_core.attention import MSCAttention, MSCAttentionConfig
+from msc_core.attention.masks import light_cone_windows
 from msc_core.frame_causal_attention import FrameCausalAttention, FrameCausalAttentionConfig
 
 
@@ -54,12 +55,18 @@ def msc_attention_flops(
 def high_res_window_flops(config: MSCAttentionConfig, batch: int, frames: int, height: int, width: int) -> int:
     """FLOPs of the High-Res attention if every query computed only its own window.
 
-    Each query at frame t meets `min(v, t + 1) * min(w, H) * min(w, W)` keys: QK^T and AV
-    cost `2 * 2 * head_dim` FLOPs per query-key pair per head.
+    Each query at frame t meets, in each of its `min(v, t + 1)` key frames at lag l,
+    `min(w_l, H) * min(w_l, W)` keys (`w_l = w + 2 * growth * l`, the light cone; `w` without
+    it): QK^T and AV cost `2 * 2 * head_dim` FLOPs per query-key pair per head.
     """
-    w_h, w_w = min(config.window, height), min(config.window, width)
-    pairs = sum(min(config.temporal_window, t + 1) for t in range(frames)) * height * width * w_h * w_w
+    pairs = _high_res_pairs(frames, height, width, config.window, config.temporal_window, config.light_cone_growth)
     return 4 * batch * config.num_high_res_heads * config.head_dim * pairs
+
+
+def _high_res_pairs(T: int, H: int, W: int, window: int, temporal_window: int, growth: int) -> int:
+    windows = light_cone_windows(window, temporal_window, growth)
+    per_lag = [min(w_l, H) * min(w_l, W) for w_l in windows]
+    return H * W * sum(sum(per_lag[: min(temporal_window, t + 1)]) for t in range(T))
 
 
 def high_res_halo_ratio(config: MSCAttentionConfig, batch: int, frames: int, height: int, width: int) -> float:
@@ -122,6 +129,8 @@ def exact_flops_estimate(
     pool: int,
     temporal_stride: int,
     high_res_head_ratio: float = 0.5,
+    light_cone_growth: int = 0,
+    stride_anchor: str = "query",
 ) -> dict[str, float]:
     """Forward FLOPs of MSC attention and dense frame-causal attention if every query
     computed exactly the keys its mask allows (2 FLOPs per multiply-add throughout).
@@ -137,7 +146,8 @@ def exact_flops_estimate(
     4. Low-Res keys are pooled as well as queries, and frame t sees the
        `floor(t / d) + 1` frames `t, t-d, ...`: `P^2 * sum_t (floor(t/d) + 1)` pairs with
        `P = ceil(H/r) * ceil(W/r)`; the paper's total divides `s^2` by `r^2` once, which
-       contradicts its own middle term (`s/r^2` queries against `s/r^2` keys);
+       contradicts its own middle term (`s/r^2` queries against `s/r^2` keys); with the
+       anchored stride frame t sees itself and the `ceil(t / d)` anchors before it;
     5. dense frame-causal attention counts its causal pairs `(HW)^2 T(T+1)/2`, not `s^2`;
     6. the output projection (`2 b s h^2`) is counted for both; the gates (an MLP on the
        noise embedding, per frame) are left out.
@@ -148,8 +158,11 @@ def exact_flops_estimate(
     c_lo = h - c_hi
     s = T * H * W
     P = -(-H // pool) * -(-W // pool)
-    hi_pairs = sum(min(temporal_window, t + 1) for t in range(T)) * H * W * min(window, H) * min(window, W)
-    lo_pairs = P * P * sum(t // temporal_stride + 1 for t in range(T))
+    hi_pairs = _high_res_pairs(T, H, W, window, temporal_window, light_cone_growth)
+    if stride_anchor == "fixed":
+        lo_pairs = P * P * sum(1 + -(-t // temporal_stride) for t in range(T))
+    else:
+        lo_pairs = P * P * sum(t // temporal_stride + 1 for t in range(T))
     out = {
         "high_res_projection": 2.0 * b * s * h * 3 * c_hi,
         "high_res_attention": 4.0 * b * c_hi * hi_pairs,

@@ -250,13 +250,17 @@ class MSCTransformerConfig(Config):
     attention: Literal["msc", "dense"] = "msc"
     gradient_checkpointing: bool = False
     # MSC attention (§3.1-§3.3)
-    high_res_head_ratio: float = Field(0.5, gt=0.0, lt=1.0)
+    high_res_head_ratio: float = Field(0.5, ge=0.0, le=1.0, description="1.0 / 0.0: one branch alone")
     window: int = Field(7, gt=0, description="High-Res spatial window w, odd")
     temporal_window: int = Field(3, gt=0, description="High-Res causal window v in frames")
     temporal_stride: int = Field(4, gt=0, description="Low-Res temporal stride d")
     pool: int = Field(2, gt=0, description="Low-Res pooling r (of the first layer when max_pool is set)")
     max_pool: int | None = Field(None, gt=0, description="r of the last layer; r doubles with depth up to it")
     pool_schedule: tuple[int, ...] | None = Field(None, description="explicit r per layer (len == depth)")
+    # paper options, off by default (MSCAttentionConfig; measured in docs/reproduction.md)
+    light_cone_growth: int = Field(0, ge=0, description="High-Res window w + 2 * growth * frame lag")
+    stride_anchor: Literal["query", "fixed"] = "query"
+    gate_keys: bool = False
     backend: Backend = "auto"
 
     @model_validator(mode="after")
@@ -300,6 +304,9 @@ class MSCTransformerConfig(Config):
             pool=self.layer_pools()[layer],
             temporal_stride=self.temporal_stride,
             num_timesteps=self.num_timesteps,
+            light_cone_growth=self.light_cone_growth,
+            stride_anchor=self.stride_anchor,
+            gate_keys=self.gate_keys,
             backend=self.backend,
         )
 

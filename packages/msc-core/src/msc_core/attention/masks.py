@@ -13,6 +13,15 @@ so that indexing is all a cache needs.
   than the frame is clamped to the whole frame.
 - Low-Res (§3.2, I-frames): key frame `t' <= t` with `(t - t') % d == 0`, every token
   of those frames (frame-global).
+
+Options (off by default; `MSCAttentionConfig`):
+- light cone (`light_cone_growth = g`, §3.2's "window proportional to the frame
+  difference"): at frame lag `l = t - t'` the High-Res spatial window is
+  `w_l = w + 2 g l` (still odd, still NATTEN-shifted at the borders);
+- anchored stride (`stride_anchor="fixed"`): the Low-Res branch of frame t sees itself
+  and the anchor frames `t' < t` with `t' % d == 0`, counted from the first key frame
+  (frame 0 of the sequence the layer sees, cache included): fixed I-frames shared by
+  every query instead of a stride that moves with the query.
 """
 
 from __future__ import annotations
@@ -55,11 +64,24 @@ def high_res_frame_mask(
     return (lag >= 0) & (lag < temporal_window)
 
 
+def light_cone_windows(window: int, temporal_window: int, growth: int = 0) -> tuple[int, ...]:
+    """High-Res spatial window at each frame lag `0 .. v-1`: `w + 2 * growth * lag`."""
+    return tuple(window + 2 * growth * lag for lag in range(temporal_window))
+
+
 def low_res_frame_mask(
-    num_query_frames: int, num_key_frames: int, temporal_stride: int, device: torch.device | None = None
+    num_query_frames: int,
+    num_key_frames: int,
+    temporal_stride: int,
+    device: torch.device | None = None,
+    anchored: bool = False,
 ) -> torch.Tensor:
-    """Boolean `(Tq, Tk)`: query frame t sees key frames t, t-d, t-2d, ... >= 0."""
+    """Boolean `(Tq, Tk)`: query frame t sees key frames t, t-d, t-2d, ... >= 0; anchored:
+    t itself and the key frames t' < t with t' % d == 0."""
     lag = frame_lags(num_query_frames, num_key_frames, device)
+    if anchored:
+        key = torch.arange(num_key_frames, device=device)[None, :]
+        return (lag == 0) | ((lag > 0) & (key % temporal_stride == 0))
     return (lag >= 0) & (lag % temporal_stride == 0)
 
 
@@ -71,16 +93,19 @@ def high_res_mask(
     window: int,
     temporal_window: int,
     device: torch.device | None = None,
+    growth: int = 0,
 ) -> torch.Tensor:
     """Dense boolean `(Tq*H*W, Tk*H*W)` mask of the High-Res branch, tokens in (t, i, j) order."""
-    frames = high_res_frame_mask(num_query_frames, num_key_frames, temporal_window, device)
-    rows = neighborhood_mask_1d(height, window, device)
-    cols = neighborhood_mask_1d(width, window, device)
-    mask = (
-        frames[:, None, None, :, None, None]
-        & rows[None, :, None, None, :, None]
-        & cols[None, None, :, None, None, :]
-    )  # (Tq, H, W, Tk, H, W)
+    lag = frame_lags(num_query_frames, num_key_frames, device)
+    mask = torch.zeros(num_query_frames, height, width, num_key_frames, height, width, dtype=torch.bool, device=device)
+    for l, w_l in enumerate(light_cone_windows(window, temporal_window, growth)):
+        rows = neighborhood_mask_1d(height, w_l, device)
+        cols = neighborhood_mask_1d(width, w_l, device)
+        mask |= (
+            (lag == l)[:, None, None, :, None, None]
+            & rows[None, :, None, None, :, None]
+            & cols[None, None, :, None, None, :]
+        )  # (Tq, H, W, Tk, H, W)
     return mask.reshape(num_query_frames * height * width, num_key_frames * height * width)
 
 
@@ -90,7 +115,8 @@ def low_res_mask(
     tokens_per_frame: int,
     temporal_stride: int,
     device: torch.device | None = None,
+    anchored: bool = False,
 ) -> torch.Tensor:
     """Dense boolean `(Tq*P, Tk*P)` mask of the Low-Res branch (P pooled tokens per frame)."""
-    frames = low_res_frame_mask(num_query_frames, num_key_frames, temporal_stride, device)
+    frames = low_res_frame_mask(num_query_frames, num_key_frames, temporal_stride, device, anchored)
     return frames.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)

@@ -17,12 +17,18 @@ window. Work per query is `v` halos instead of `T * H * W` keys for dense attent
   frames, which have fewer key frames, get a call each). For training each chunk is
   checkpointed: backward re-gathers its tiles instead of keeping them all alive.
 
+Light cone (`growth > 0`): the halos are those of the widest window (the oldest key
+frame's, `w + 2 g (v - 1)`); the narrower windows of nearer frames are nested in it, so
+each key frame lag gets its own spatial mask over the same halo.
+
 Memory: frames go through in chunks of at most `KEYS_PER_CALL` gathered key elements.
 Index tensors and masks depend on shapes only and are cached per shape (`shape_cached`).
 
 Low-Res branch (§3.2): frames `t, t-d, t-2d, ...` are the frames congruent to `t`
 modulo `d`, so the frames are split into `d` interleaved groups and each group runs
 plain frame-causal attention over its pooled tokens: one SDPA call for all groups.
+Anchored stride: every query frame attends to the anchor frames (`t' % d == 0`) before
+it and to itself: one SDPA call with the anchors' K/V shared by every query frame.
 
 Everything that drives Python here is a shape, never a tensor value, so the module
 traces and exports to ONNX.
@@ -36,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from msc_core.attention.masks import neighborhood_window_start
+from msc_core.attention.masks import light_cone_windows, neighborhood_window_start
 
 # gathered key elements per High-Res SDPA call: bounds the memory of the K/V tiles
 KEYS_PER_CALL = 1 << 22
@@ -86,10 +92,11 @@ def _key_positions(tiles: AxisTiles, device: torch.device) -> torch.Tensor:
 
 
 def _axis_mask(tiles: AxisTiles, window: int, device: torch.device) -> torch.Tensor:
-    """`(num_tiles, tile, halo)`: tile query may see halo key along this axis."""
+    """`(num_tiles, tile, halo)`: tile query may see halo key along this axis, for a window
+    of `window` (at most the halo's: NATTEN windows of one query are nested)."""
     start = neighborhood_window_start(_query_positions(tiles, device), tiles.length, window)
     key = _key_positions(tiles, device)
-    return (key[:, None, :] >= start[:, :, None]) & (key[:, None, :] < start[:, :, None] + tiles.window)
+    return (key[:, None, :] >= start[:, :, None]) & (key[:, None, :] < start[:, :, None] + min(window, tiles.length))
 
 
 @dataclass(frozen=True)
@@ -116,23 +123,25 @@ class _HighResPlan:
     q_spatial: torch.Tensor  # (nTiles * tile queries,) flat i*W + j of each tile query
     k_spatial: torch.Tensor  # (nTiles * halo keys,) flat i*W + j of each halo key
     out_spatial: torch.Tensor  # (H * W,) tile-order position of each pixel
-    spatial_mask: torch.Tensor  # (1, nTiles, tile queries, halo keys) bool
-    additive_masks: dict = field(default_factory=dict, compare=False)  # dtype -> 0 / -inf spatial mask
+    spatial_masks: tuple[torch.Tensor, ...]  # per frame lag: (1, nTiles, tile queries, halo keys) bool
+    additive_masks: dict = field(default_factory=dict, compare=False)  # (dtype, lag) -> 0 / -inf mask
 
-    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        if dtype not in self.additive_masks:
-            mask = self.spatial_mask
-            self.additive_masks[dtype] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+    def additive_mask(self, dtype: torch.dtype, lag: int = 0) -> torch.Tensor:
+        if (dtype, lag) not in self.additive_masks:
+            mask = self.spatial_masks[lag]
+            self.additive_masks[dtype, lag] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                 ~mask, float("-inf")
             )
-        return self.additive_masks[dtype]
+        return self.additive_masks[dtype, lag]
 
 
 def _build_high_res_plan(
     H: int, W: int, Tq: int, Tk: int, window: int, temporal_window: int, tile: tuple[int, int],
-    per_call_budget: int, device: torch.device,
+    per_call_budget: int, device: torch.device, growth: int = 0,
 ) -> _HighResPlan:
-    rows, cols = axis_tiles(H, window, tile[0]), axis_tiles(W, window, tile[1])
+    slots = min(temporal_window, Tk)
+    windows = light_cone_windows(window, slots, growth)  # per frame lag; the widest sets the halos
+    rows, cols = axis_tiles(H, windows[-1], tile[0]), axis_tiles(W, windows[-1], tile[1])
     num_tiles = rows.num_tiles * cols.num_tiles
     tile_queries, halo_keys = rows.tile * cols.tile, rows.halo * cols.halo
 
@@ -141,22 +150,25 @@ def _build_high_res_plan(
     k_pos = (_key_positions(rows, device)[:, None, :, None] * W + _key_positions(cols, device)[None, :, None, :])
     q_pos = q_pos.reshape(num_tiles, tile_queries)  # (nTiles, th*tw)
     k_pos = k_pos.reshape(num_tiles, halo_keys)  # (nTiles, kh*kw)
-    spatial_mask = (
-        _axis_mask(rows, window, device)[:, None, :, None, :, None]
-        & _axis_mask(cols, window, device)[None, :, None, :, None, :]
-    ).reshape(num_tiles, tile_queries, halo_keys)
+    spatial_masks = tuple(
+        (
+            _axis_mask(rows, w_l, device)[:, None, :, None, :, None]
+            & _axis_mask(cols, w_l, device)[None, :, None, :, None, :]
+        ).reshape(1, num_tiles, tile_queries, halo_keys)
+        for w_l in windows
+    )
 
     def chunk(first: int, count: int, slots: int) -> _Chunk:
         frames = torch.arange(first, first + count, device=device)
         key_frames = (Tk - Tq) + frames[:, None] - (slots - 1) + torch.arange(slots, device=device)  # (count, slots)
         q_index = frames[:, None, None] * (H * W) + q_pos  # (count, nTiles, th*tw)
         k_index = key_frames[:, None, :, None] * (H * W) + k_pos[None, :, None, :]  # (count, nTiles, slots, kh*kw)
-        mask = spatial_mask.repeat(1, 1, slots)[None]  # (1, nTiles, th*tw, slots*kh*kw)
+        # slot j holds the key frame `slots - 1 - j` frames back
+        mask = torch.cat([spatial_masks[slots - 1 - j] for j in range(slots)], dim=-1)  # (1, nTiles, th*tw, slots*kh*kw)
         return _Chunk(count, slots, q_index.reshape(-1), k_index.reshape(-1), mask)
 
     # the first frames of the sequence have fewer than v frames to look at: one call each,
     # so that every other frame shares one spatial mask and no key slot is ever empty
-    slots = min(temporal_window, Tk)
     early = max(0, min(Tq, (slots - 1) - (Tk - Tq)))
     chunks = [chunk(t, 1, Tk - Tq + t + 1) for t in range(early)]
     per_call = max(1, per_call_budget // (num_tiles * slots * halo_keys))
@@ -170,7 +182,7 @@ def _build_high_res_plan(
     out_index = (torch.arange(Tq, device=device)[:, None] * (num_tiles * tile_queries) + out_spatial).reshape(-1)
     return _HighResPlan(
         num_tiles, tile_queries, halo_keys, tuple(chunks), out_index,
-        q_pos.reshape(-1), k_pos.reshape(-1), out_spatial, spatial_mask[None],
+        q_pos.reshape(-1), k_pos.reshape(-1), out_spatial, spatial_masks,
     )
 
 
@@ -198,10 +210,10 @@ def shape_cached(key: tuple, build):
 
 def high_res_plan(
     H: int, W: int, Tq: int, Tk: int, window: int, temporal_window: int, tile: tuple[int, int],
-    per_call_budget: int, device: torch.device,
+    per_call_budget: int, device: torch.device, growth: int = 0,
 ) -> _HighResPlan:
     """The plan of one call shape, cached per process (`shape_cached`)."""
-    args = (H, W, Tq, Tk, window, temporal_window, tile, per_call_budget, device)
+    args = (H, W, Tq, Tk, window, temporal_window, tile, per_call_budget, device, growth)
     return shape_cached(("high_res", *args), lambda: _build_high_res_plan(*args))
 
 
@@ -237,7 +249,6 @@ class _CPUHighResTiles(torch.autograd.Function):
     def forward(ctx, q, k, v, plan: _HighResPlan, slots: int):  # type: ignore[override]
         Tq, BH, _, D = q.shape
         past = k.shape[0] - Tq
-        mask = plan.additive_mask(q.dtype)
         out = q.new_empty(Tq, BH, plan.num_tiles, plan.tile_queries, D)
         lse = torch.full((Tq, BH, plan.num_tiles, plan.tile_queries), float("-inf"), device=q.device,
                          dtype=_lse_dtype(q.dtype))
@@ -250,7 +261,7 @@ class _CPUHighResTiles(torch.autograd.Function):
                 n = last - t0
                 o_s, lse_s = _flash_cpu(
                     qt[t0 - first :].flatten(0, 1), kt[k0 : k0 + n].flatten(0, 1), vt[k0 : k0 + n].flatten(0, 1),
-                    attn_mask=mask,
+                    attn_mask=plan.additive_mask(q.dtype, s),
                 )
                 lse_s = lse_s.to(lse.dtype).view(n, BH, plan.num_tiles, plan.tile_queries)
                 o_s = o_s.view(n, BH, plan.num_tiles, plan.tile_queries, D)
@@ -271,7 +282,6 @@ class _CPUHighResTiles(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         Tq, BH, _, D = q.shape
         past = k.shape[0] - Tq
-        mask = plan.additive_mask(q.dtype)
         grad = grad.contiguous()
         gq, gk, gv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for first, last, qt, kt, vt, key_first in _chunk_tiles(plan, q, k, v, ctx.slots):
@@ -285,7 +295,7 @@ class _CPUHighResTiles(torch.autograd.Function):
                 dq, dk, dv = _flash_cpu_backward(
                     grad[t0:last].flatten(0, 1), qt[t0 - first :].flatten(0, 1), kt[k0 : k0 + n].flatten(0, 1),
                     vt[k0 : k0 + n].flatten(0, 1), out[t0:last].flatten(0, 1),
-                    lse[t0:last].flatten(0, 1).to(_lse_dtype(q.dtype)), 0.0, False, attn_mask=mask,
+                    lse[t0:last].flatten(0, 1).to(_lse_dtype(q.dtype)), 0.0, False, attn_mask=plan.additive_mask(q.dtype, s),
                 )
                 if gqt is None:  # s = 0 covers every query frame of the chunk
                     gqt = dq.view_as(qt)
@@ -327,12 +337,16 @@ def tiled_high_res_attention(
     window: int,
     temporal_window: int,
     tile_size: int | tuple[int, int],
+    growth: int = 0,
 ) -> torch.Tensor:
-    """q `(B, h, Tq, H, W, D)`, k/v `(B, h, Tk, H, W, D)`; queries are the last Tq key frames."""
+    """q `(B, h, Tq, H, W, D)`, k/v `(B, h, Tk, H, W, D)`; queries are the last Tq key frames.
+    `growth`: the light cone, window `w + 2 * growth * lag` at each frame lag."""
     B, heads, Tq, H, W, D = q.shape
     Tk = k.shape[2]
     tile = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)
-    plan = high_res_plan(H, W, Tq, Tk, window, temporal_window, tile, KEYS_PER_CALL // (B * heads * D), q.device)
+    plan = high_res_plan(
+        H, W, Tq, Tk, window, temporal_window, tile, KEYS_PER_CALL // (B * heads * D), q.device, growth
+    )
 
     if q.device.type == "cpu" and not _tracing():
         frames_first = [x.permute(2, 0, 1, 3, 4, 5).reshape(x.shape[2], B * heads, H * W, D) for x in (q, k, v)]
@@ -366,9 +380,11 @@ def tiled_high_res_attention(
 
 
 def tiled_low_res_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temporal_stride: int
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temporal_stride: int, anchored: bool = False
 ) -> torch.Tensor:
     """q `(B, h, Tq, P, D)`, k/v `(B, h, Tk, P, D)`; queries are the last Tq key frames."""
+    if anchored:
+        return _anchored_low_res_attention(q, k, v, temporal_stride)
     B, heads, Tq, P, D = q.shape
     Tk = k.shape[2]
     past = Tk - Tq
@@ -395,3 +411,28 @@ def tiled_low_res_attention(
     )  # (B, h*d, query_rows*P, D)
     out = out.reshape(B, heads, d, query_rows, P, D).transpose(2, 3).reshape(B, heads, query_rows * d, P, D)
     return out[:, :, front : front + Tq]
+
+
+def _anchored_low_res_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temporal_stride: int) -> torch.Tensor:
+    """Each query frame t: the anchor frames `t' < t, t' % d == 0` (shared) and frame t itself."""
+    B, heads, Tq, P, D = q.shape
+    Tk = k.shape[2]
+    past = Tk - Tq
+    anchors = k[:, :, ::temporal_stride].flatten(2, 3), v[:, :, ::temporal_stride].flatten(2, 3)  # (B, h, A*P, D)
+    A = anchors[0].shape[2] // P
+
+    def with_own(shared: torch.Tensor, own: torch.Tensor) -> torch.Tensor:  # (B, h, Tq, A*P + P, D)
+        return torch.cat([shared[:, :, None].expand(B, heads, Tq, A * P, D), own[:, :, past:]], dim=3)
+
+    def visible() -> torch.Tensor:  # (Tq, 1, A*P + P): anchors strictly before the query frame, then itself
+        query = torch.arange(past, Tk, device=q.device)[:, None]
+        anchor = (torch.arange(A, device=q.device) * temporal_stride)[None, :]
+        seen = (anchor < query).repeat_interleave(P, 1)
+        return torch.cat([seen, torch.ones(Tq, P, dtype=torch.bool, device=q.device)], dim=1)[:, None]
+
+    mask = shape_cached(("low_res_anchored", Tq, Tk, P, temporal_stride, q.device), visible)
+    out = F.scaled_dot_product_attention(  # 4-D for ONNX: (B, h*Tq, tokens, D)
+        q.flatten(1, 2), with_own(anchors[0], k).flatten(1, 2), with_own(anchors[1], v).flatten(1, 2),
+        attn_mask=mask.repeat(heads, 1, 1)[None],
+    )
+    return out.view(B, heads, Tq, P, D)
