@@ -23,13 +23,15 @@ over `--seeds` of
 
 Suites (`--suite`):
 - `attention`: dense frame-causal vs MSC default vs High-Res-heavy (3/4 of the heads) vs
-  Low-Res-heavy (1/4) splits;
+  Low-Res-heavy (1/4) splits vs one branch alone (High-Res only, Low-Res only);
+- `options`: MSC default vs each paper option of `MSCAttentionConfig` (light-cone window,
+  anchored stride, key-aware gates) and the three together;
 - `samplers`: AR-Diffusion's Table 4 counterparts: FoPP vs uniform non-decreasing vs
   independent vs synchronous timesteps, and eps instead of x0 (with FoPP);
 - `offset`: one model per seed (the base config), sampled with AD offsets s in
   {0, 5, 10, 25, S} for 2x the training length (`--sample-steps` = S);
-- `all` (default): the three at once, the base configuration trained once per seed;
-  `core`: the same without the head-split variants.
+- `all` (default): every suite at once, the base configuration trained once per seed;
+  `core`: dense, the base and the samplers.
 
     .venv/bin/python bench/ablations.py --suite all --seeds 3 --steps 400 --jobs 2 --out ablations.json
 """
@@ -68,6 +70,15 @@ SUITES: dict[str, dict[str, dict[str, Any]]] = {
         BASE: {},
         "MSC, 3/4 High-Res heads": {"transformer": {"high_res_head_ratio": 0.75}},
         "MSC, 1/4 High-Res heads": {"transformer": {"high_res_head_ratio": 0.25}},
+        "High-Res branch only": {"transformer": {"high_res_head_ratio": 1.0}},
+        "Low-Res branch only": {"transformer": {"high_res_head_ratio": 0.0}},
+    },
+    "options": {
+        BASE: {},
+        "MSC, light cone (growth 1)": {"transformer": {"light_cone_growth": 1}},
+        "MSC, anchored stride": {"transformer": {"stride_anchor": "fixed"}},
+        "MSC, key-aware gates": {"transformer": {"gate_keys": True}},
+        "MSC, the three options": {"transformer": {"light_cone_growth": 1, "stride_anchor": "fixed", "gate_keys": True}},
     },
     "samplers": {
         BASE: {},
@@ -79,9 +90,9 @@ SUITES: dict[str, dict[str, dict[str, Any]]] = {
     "offset": {BASE: {}},
 }
 # `all`: every configuration once (the base is shared), the base also sampled at every offset
-SUITES["all"] = {name: changes for suite in ("attention", "samplers") for name, changes in SUITES[suite].items()}
-# `core`: dense vs the base and the timestep samplers (the head-split variants left out)
-SUITES["core"] = {name: changes for name, changes in SUITES["all"].items() if not name.startswith("MSC, ")}
+SUITES["all"] = {name: changes for suite in ("attention", "options", "samplers") for name, changes in SUITES[suite].items()}
+# `core`: dense vs the base and the timestep samplers
+SUITES["core"] = {"dense frame-causal": SUITES["attention"]["dense frame-causal"], **SUITES["samplers"]}
 
 
 def merged(base: dict, changes: dict) -> dict:
