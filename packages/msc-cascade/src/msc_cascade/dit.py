@@ -57,6 +57,11 @@ class CascadeDiTConfig(Config):
     mlp_ratio: float = Field(4.0, gt=0)
     window: int = Field(4, gt=0, description="spatial group: window x window tokens, all frames")
     chunk: int = Field(2, gt=0, description="temporal group: chunk frames, full resolution")
+    grid_partitions: int | None = Field(
+        None, gt=0, description="CascadeV's P^2 rule: spatial groups ceil(H/P) x ceil(W/P) over all frames, "
+        "temporal groups ceil(T/P^2) frames, ~THW/P^2 tokens each whatever the size (window and chunk unused); "
+        "not exportable to ONNX",
+    )
     grid_schedule: tuple[Literal["spatial", "temporal", "full"], ...] | None = Field(
         None, description="one kind per layer; default alternates spatial/temporal with a full layer every 4"
     )
@@ -85,7 +90,9 @@ class CascadeBlock(nn.Module):
         self.kind = kind
         self.norm1 = nn.LayerNorm(config.dim, elementwise_affine=False, eps=1e-6)
         self.norm2 = nn.LayerNorm(config.dim, elementwise_affine=False, eps=1e-6)
-        self.attn = GridAttention3D(config.dim, config.num_heads, config.window, config.chunk)
+        self.attn = GridAttention3D(
+            config.dim, config.num_heads, config.window, config.chunk, partitions=config.grid_partitions
+        )
         self.mlp = Mlp(config.dim, int(config.dim * config.mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.dim, 6 * config.dim))
 

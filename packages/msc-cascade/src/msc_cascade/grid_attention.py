@@ -10,8 +10,15 @@ each group:
 - `full`: every token attends to every token.
 
 Alternating `spatial` and `temporal` layers lets information cross the whole volume in
-two layers at a fraction of full 3D attention's cost (CascadeV picks the temporal chunk so
-both group sizes match). Sizes that do not divide are zero-padded and the padded keys are
+two layers at a fraction of full 3D attention's cost.
+
+CascadeV's P^2 rule (§3.3, `partitions=P`): instead of fixed `window` and `chunk`, the
+groups follow the input: spatial groups are `ceil(H/P) x ceil(W/P)` tokens over all
+frames (P^2 groups per volume) and temporal groups `ceil(T/P^2)` frames at full
+resolution (P^2 groups), so every group holds about `T*H*W / P^2` tokens whatever the
+input size, and attention costs `1/P^2` of full 3D attention. The groups then depend on
+the input size, which an exported graph keeps dynamic: ONNX export refuses `partitions`
+(use fixed `window` / `chunk` there). Sizes that do not divide are zero-padded and the padded keys are
 masked out, so any latent size works. Implemented with reshapes and SDPA only, so it
 exports to ONNX; while `torch.export` traces (dynamic frame count and latent size), groups
 are not clamped to the volume and padding and key masks are always built, from sizes
@@ -40,6 +47,15 @@ def _group_shape(kind: str, T: int, H: int, W: int, window: int, chunk: int) -> 
     if kind == "full":
         return T, H, W
     raise ValueError(f"unknown grid attention kind {kind!r}; valid: {', '.join(GRID_KINDS)}")
+
+
+def _partition_group_shape(kind: str, T: int, H: int, W: int, partitions: int) -> tuple[int, int, int]:
+    """Group extent under the P^2 rule: P x P spatial groups, P^2 temporal groups."""
+    if kind == "spatial":
+        return T, -(-H // partitions), -(-W // partitions)
+    if kind == "temporal":
+        return -(-T // partitions**2), H, W
+    return _group_shape(kind, T, H, W, 1, 1)
 
 
 def _export_group_shape(kind: str, T: int, H: int, W: int, window: int, chunk: int) -> tuple[int, int, int]:
@@ -102,13 +118,18 @@ def padding_key_mask(dims: tuple[int, ...], group: tuple[int, int, int], device:
 class GridAttention3D(nn.Module):
     """Multi-head self-attention inside grid groups of a `[B, T, H, W, C]` token volume."""
 
-    def __init__(self, dim: int, num_heads: int, window: int = 4, chunk: int = 2, qkv_bias: bool = True):
+    def __init__(
+        self, dim: int, num_heads: int, window: int = 4, chunk: int = 2, qkv_bias: bool = True,
+        partitions: int | None = None,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         if window < 1 or chunk < 1:
             raise ValueError(f"window and chunk must be >= 1, got window={window}, chunk={chunk}")
-        self.num_heads, self.window, self.chunk = num_heads, window, chunk
+        if partitions is not None and partitions < 1:
+            raise ValueError(f"partitions (CascadeV's P) must be >= 1 or None, got {partitions}")
+        self.num_heads, self.window, self.chunk, self.partitions = num_heads, window, chunk, partitions
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -116,7 +137,14 @@ class GridAttention3D(nn.Module):
         if x.dim() != 5:
             raise ValueError(f"expected tokens [B, T, H, W, C], got shape {tuple(x.shape)}")
         B, T, H, W, C = x.shape
-        if torch.compiler.is_exporting():
+        if self.partitions is not None:
+            if torch.compiler.is_exporting():
+                raise ValueError(
+                    f"grid attention with partitions={self.partitions} (the P^2 rule) sizes its groups from the "
+                    "input, which an exported graph keeps dynamic; export a cascade with fixed window / chunk"
+                )
+            group = _partition_group_shape(kind, T, H, W, self.partitions)
+        elif torch.compiler.is_exporting():
             group = _export_group_shape(kind, T, H, W, self.window, self.chunk)
         else:
             group = _group_shape(kind, T, H, W, self.window, self.chunk)
@@ -132,9 +160,14 @@ class GridAttention3D(nn.Module):
         return self.proj(unpartition(out, group, dims))
 
 
-def grid_group_ids(T: int, H: int, W: int, kind: GridKind, window: int, chunk: int) -> torch.Tensor:
+def grid_group_ids(
+    T: int, H: int, W: int, kind: GridKind, window: int, chunk: int, partitions: int | None = None
+) -> torch.Tensor:
     """Group id of every token in `(T, H, W)` order: the definition the tests check against."""
-    gt, gh, gw = _group_shape(kind, T, H, W, window, chunk)
+    if partitions is not None:
+        gt, gh, gw = _partition_group_shape(kind, T, H, W, partitions)
+    else:
+        gt, gh, gw = _group_shape(kind, T, H, W, window, chunk)
     t = torch.arange(T)[:, None, None] // gt
     h = torch.arange(H)[None, :, None] // gh
     w = torch.arange(W)[None, None, :] // gw

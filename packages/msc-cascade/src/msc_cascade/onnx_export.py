@@ -178,6 +178,12 @@ def export_cascade_step(
     """
     path = Path(path)
     cfg = model.config
+    if cfg.dit.grid_partitions is not None:
+        raise ValueError(
+            f"cannot export a cascade with dit.grid_partitions={cfg.dit.grid_partitions} (the P^2 rule sizes its "
+            "groups from the input, which the exported graph keeps dynamic); train or convert it with fixed "
+            "dit.window / dit.chunk (grid_partitions=None)"
+        )
     p, window, chunk = cfg.dit.patch_size, cfg.dit.window, cfg.dit.chunk
     gen = torch.Generator().manual_seed(0)
     C = cfg.dit.latent_channels
