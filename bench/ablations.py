@@ -241,6 +241,50 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+# the papers' numbers beside our rows (AR-Diffusion Table 3, Sky-Timelapse FVD)
+PAPER = {BASE: "FVD 62.8 (full AR-Diffusion)", "uniform non-decreasing": "FVD 101.0 (−FoPP)",
+         "independent": "FVD 272.5 (−non-decreasing)", "synchronous": "—", "FoPP, eps prediction": "FVD 257.6 (−x0 loss)"}
+
+
+def markdown(report: dict) -> str:
+    """The report's tables: one per suite present, then the AD offsets of the base."""
+    configs = report["configs"]
+
+    def cell(stats: dict, key: str, digits: int) -> str:
+        v = stats.get(key)
+        return "—" if not isinstance(v, dict) else f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
+
+    def table(names: list[str], paper: bool) -> list[str]:
+        head = "| configuration | seeds | held-out loss (x0 MSE) | recognition | identity | Fréchet (frames) | attention GFLOPs/clip | step ms |"
+        rows = [head + (" paper |" if paper else ""), "|---" * (8 + paper) + "|"]
+        for name in names:
+            c = configs[name]
+            seeds = sum("error" not in r for r in c["runs"])
+            row = (f"| {name} | {seeds} | {cell(c, 'heldout_loss', 4)} | {cell(c, 'recognition', 3)} | "
+                   f"{cell(c, 'identity', 3)} | {cell(c, 'frechet', 0)} | {cell(c, 'attention_gflops', 3)} | "
+                   f"{cell(c, 'step_ms', 0)} |")
+            rows.append(row + (f" {PAPER.get(name, '')} |" if paper else ""))
+        return rows
+
+    out = [f"<!-- bench/ablations.py --suite {report['suite']} --seeds {report['seeds']} --steps {report['steps']} "
+           f"--sample-steps {report['sample_steps']}; {report.get('train_minutes_total')} min of training -->"]
+    for suite, title in (("attention", "Attention"), ("options", "MSC options"),
+                         ("samplers", "Timestep samplers and prediction target")):
+        names = [n for n in report["suites"].get(suite, []) if n in configs]
+        if len(names) > 1:
+            out += ["", f"### {title}", "", *table(names, suite == "samplers")]
+    for name, c in configs.items():
+        if "offsets" in c:
+            out += ["", f"### AD offset s ({name}; 16 frames = 2x the training length, S = {report['sample_steps']})",
+                    "", "| s | recognition | identity | Fréchet (frames) |", "|---|---|---|---|"]
+            for s, o in c["offsets"].items():
+                if "error" in o:
+                    out.append(f"| {s} | not possible: {o['error'].split(';')[0]} | | |")
+                else:
+                    out.append(f"| {s} | {cell(o, 'recognition', 3)} | {cell(o, 'identity', 3)} | {cell(o, 'frechet', 0)} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=list(SUITES), default="all")
@@ -258,6 +302,8 @@ def main() -> None:
                         help="score the runs already in --work, train nothing (missing runs are listed)")
     parser.add_argument("--train-only", action="store_true",
                         help="train and sample every run, skip the classifier scoring")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="also write the tables of docs/reproduction.md (mean ± std per configuration) here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.work = args.work.resolve()
@@ -315,8 +361,13 @@ def main() -> None:
                            "runs": runs}
                     for name, runs in by_config.items()},
     }
+    report["train_minutes_total"] = round(
+        sum(r.get("train_s", 0.0) for runs in by_config.values() for r in runs) / 60, 1
+    )  # the runs' own training time (wall_s is this invocation's, ~0 when the runs are reused)
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
+    if args.markdown:
+        args.markdown.write_text(markdown(report))
     print(json.dumps(report))
 
 
