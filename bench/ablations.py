@@ -289,6 +289,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=list(SUITES), default="all")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--config", action="append", default=None, metavar="NAME",
+                        help="run only this configuration of the suite (exact name; repeat for several)")
     parser.add_argument("--steps", type=int, default=400, help="training steps of every run (the same budget)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="instead of --steps: time a 20-step probe of the first configuration and give "
@@ -315,6 +317,11 @@ def main() -> None:
         return
 
     configs = SUITES[args.suite]
+    if args.config:
+        unknown = [name for name in args.config if name not in configs]
+        if unknown:
+            parser.error(f"--config {unknown[0]!r} is not in suite {args.suite!r}; valid: {', '.join(map(repr, configs))}")
+        configs = {name: configs[name] for name in args.config}
     offsets = sorted({0, 5, 10, 25, args.sample_steps} & set(range(args.sample_steps + 1)))
 
     def run_dir(name: str, seed: int, steps: int) -> Path:
